@@ -1,0 +1,76 @@
+"""The one definition of a normalised flow batch.
+
+Every source parser produces a :data:`FLOW_SCHEMA` Arrow table plus a list of
+:class:`Reject`; every later stage (enrich, score, aggregate, storage) reads these
+column names. Times are event time in float epoch seconds (UTC).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+# action codes (int8)
+ACTION_UNKNOWN = 0
+ACTION_ACCEPT = 1
+ACTION_REJECT = 2
+ACTION_NAMES = {ACTION_UNKNOWN: "unknown", ACTION_ACCEPT: "accept", ACTION_REJECT: "reject"}
+
+NO_TCP_FLAGS = -1  # tcp_flags value when the source does not report flags
+
+FLOW_SCHEMA = pa.schema(
+    [
+        pa.field("start", pa.float64(), nullable=False),  # epoch seconds, UTC
+        pa.field("end", pa.float64(), nullable=False),  # epoch seconds, UTC, >= start
+        pa.field("src_ip", pa.string(), nullable=False),  # canonical text (ipaddress compressed)
+        pa.field("dst_ip", pa.string(), nullable=False),
+        pa.field("src_port", pa.int32(), nullable=False),  # 0..65535 (0 when none, e.g. ICMP)
+        pa.field("dst_port", pa.int32(), nullable=False),
+        pa.field("proto", pa.int16(), nullable=False),  # IANA protocol number 0..255
+        pa.field("bytes", pa.int64(), nullable=False),  # >= 0, already scaled by sampling rate
+        pa.field("packets", pa.int64(), nullable=False),  # >= 0
+        pa.field("action", pa.int8(), nullable=False),  # ACTION_* code
+        pa.field("tcp_flags", pa.int16(), nullable=False),  # OR of TCP flags, NO_TCP_FLAGS if unknown
+        pa.field("exporter", pa.string()),  # who observed it (host, node, VPC, collector)
+        # identity the source already knows (Hubble, GCP GKE details, ...): wins over inventory
+        pa.field("src_app", pa.string()),
+        pa.field("src_namespace", pa.string()),
+        pa.field("src_labels", pa.string()),  # JSON object text
+        pa.field("dst_app", pa.string()),
+        pa.field("dst_namespace", pa.string()),
+        pa.field("dst_labels", pa.string()),
+        pa.field("meta", pa.string()),  # JSON object of format extras (vpc_id, verdict, sampling_rate...)
+    ]
+)
+FLOW_COLUMNS: tuple[str, ...] = tuple(FLOW_SCHEMA.names)
+REQUIRED_COLUMNS: tuple[str, ...] = tuple(f.name for f in FLOW_SCHEMA if not f.nullable)
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """One input record that could not be used, and why (goes to the dead-letter sink)."""
+
+    reason: str  # short machine-friendly code, e.g. "bad_json", "bad_ip", "port_range"
+    detail: str  # one human sentence
+    raw: bytes  # the record as received (truncated to 4 KiB by writers)
+    source: str = ""  # file:line or topic/partition@offset
+
+
+def empty_flows() -> pa.Table:
+    """An empty, correctly typed flow table."""
+    return FLOW_SCHEMA.empty_table()
+
+
+__all__ = [
+    "ACTION_ACCEPT",
+    "ACTION_NAMES",
+    "ACTION_REJECT",
+    "ACTION_UNKNOWN",
+    "FLOW_COLUMNS",
+    "FLOW_SCHEMA",
+    "NO_TCP_FLAGS",
+    "REQUIRED_COLUMNS",
+    "Reject",
+    "empty_flows",
+]
