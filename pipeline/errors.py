@@ -1,6 +1,6 @@
 """One exception root for segflow.
 
-    SegflowError                 anything segflow raises on purpose; the CLI prints str(exc) and exits 2
+    SegflowError                 raised on purpose; the CLI prints str(exc) and exits 2
     ├── ConfigError              bad flag, setting or config file
     ├── InputError               unreadable file, unknown format, unreadable inventory
     ├── StorageError             ClickHouse / chdb unreachable or rejecting a write

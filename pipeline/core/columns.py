@@ -31,7 +31,7 @@ FLOW_SCHEMA = pa.schema(
         pa.field("bytes", pa.int64(), nullable=False),  # >= 0, already scaled by sampling rate
         pa.field("packets", pa.int64(), nullable=False),  # >= 0
         pa.field("action", pa.int8(), nullable=False),  # ACTION_* code
-        pa.field("tcp_flags", pa.int16(), nullable=False),  # OR of TCP flags, NO_TCP_FLAGS if unknown
+        pa.field("tcp_flags", pa.int16(), nullable=False),  # OR of flags; NO_TCP_FLAGS if unknown
         pa.field("exporter", pa.string()),  # who observed it (host, node, VPC, collector)
         # identity the source already knows (Hubble, GCP GKE details, ...): wins over inventory
         pa.field("src_app", pa.string()),
@@ -40,7 +40,7 @@ FLOW_SCHEMA = pa.schema(
         pa.field("dst_app", pa.string()),
         pa.field("dst_namespace", pa.string()),
         pa.field("dst_labels", pa.string()),
-        pa.field("meta", pa.string()),  # JSON object of format extras (vpc_id, verdict, sampling_rate...)
+        pa.field("meta", pa.string()),  # JSON object of format extras (vpc_id, verdict, ...)
     ]
 )
 FLOW_COLUMNS: tuple[str, ...] = tuple(FLOW_SCHEMA.names)

@@ -1,0 +1,328 @@
+"""The learned per-edge baseline (the "intended traffic" matrix) and its robust statistics.
+
+An *edge* is (client workload, server workload, service port, protocol), packed into one
+int64 key so batches group with numpy. During the audit phase accepted flows are learned;
+afterwards the baseline is frozen and only looked up. Per edge it keeps: first/last seen,
+flows/bytes/packets, distinct days, a 24-bit UTC hour-of-day activity mask, and a log2
+histogram of hourly byte volume (median/MAD → a per-edge hourly volume threshold).
+
+Bounded state: at most ``max_edges`` edges in total and ``max_edges_per_workload`` per client
+and per server workload (a port scan during audit saturates the scanner's budget, it does not
+grow memory). Edges past a bound are not learned; the workload is marked *saturated* (not
+ready to enforce) and the refusals counted. Memory ≈ 300 B per edge (arrays + index).
+
+Estimator-like: parameters in ``__init__``, learned attributes end in ``_``, ``partial_fit``
+returns self; :meth:`to_dict`/:meth:`from_dict` give a plain, pickle-free artifact.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pipeline.core.workloads import MAX_WORKLOADS
+
+HIST_BINS = 48  # log2 bins of bytes per active hour (2^48 B/h is far above any link)
+HOUR = 3600.0
+DAY = 86400.0
+_ALL_HOURS = (1 << 24) - 1
+
+
+def edge_keys(
+    client: np.ndarray, server: np.ndarray, port: np.ndarray, proto: np.ndarray
+) -> np.ndarray:
+    """Pack edges into int64: client wid (19 b) | server wid (19 b) | port (16 b) | proto (8 b)."""
+    return (
+        (client.astype(np.int64) << 43)
+        | (server.astype(np.int64) << 24)
+        | (port.astype(np.int64) << 8)
+        | proto.astype(np.int64)
+    )
+
+
+def unpack_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Inverse of :func:`edge_keys`: (client wid, server wid, port, proto)."""
+    k = keys.astype(np.int64)
+    return (k >> 43) & 0x7FFFF, (k >> 24) & 0x7FFFF, (k >> 8) & 0xFFFF, k & 0xFF
+
+
+def pair_keys(keys: np.ndarray) -> np.ndarray:
+    """The (client, server) part of edge keys."""
+    return keys.astype(np.int64) >> 24
+
+
+def _bins(values: np.ndarray) -> np.ndarray:
+    return np.clip(np.log2(np.maximum(values, 1.0)).astype(np.int64), 0, HIST_BINS - 1)
+
+
+def popcount24(mask: np.ndarray) -> np.ndarray:
+    """Number of active hours in hour-of-day masks."""
+    return np.bitwise_count(mask.astype(np.uint32)).astype(np.int64)
+
+
+def dilate24(mask: np.ndarray) -> np.ndarray:
+    """Hour-of-day mask widened by one hour each side (wrapping at midnight)."""
+    m = mask.astype(np.int64)
+    left = ((m << 1) | (m >> 23)) & _ALL_HOURS
+    right = ((m >> 1) | (m << 23)) & _ALL_HOURS
+    return m | left | right
+
+
+class EdgeBaseline:
+    """Learned edges with per-edge statistics; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        max_edges: int = 500_000,
+        max_edges_per_workload: int = 4_096,
+        volume_min_bytes: float = 1e6,
+        volume_mad_k: float = 3.0,
+        volume_peak_factor: float = 3.0,
+    ) -> None:
+        self.max_edges = max_edges
+        self.max_edges_per_workload = max_edges_per_workload
+        self.volume_min_bytes = volume_min_bytes
+        self.volume_mad_k = volume_mad_k
+        self.volume_peak_factor = volume_peak_factor
+        self.rows_: dict[int, int] = {}
+        self.n_ = 0
+        cap = 1024
+        self.keys_ = np.zeros(cap, dtype=np.int64)
+        self.first_seen_ = np.zeros(cap)
+        self.last_seen_ = np.zeros(cap)
+        self.flows_ = np.zeros(cap, dtype=np.int64)
+        self.bytes_ = np.zeros(cap, dtype=np.int64)
+        self.packets_ = np.zeros(cap, dtype=np.int64)
+        self.hour_mask_ = np.zeros(cap, dtype=np.int64)
+        self.days_ = np.zeros(cap, dtype=np.int32)
+        self.last_day_ = np.full(cap, -1, dtype=np.int64)
+        self.hist_ = np.zeros((cap, HIST_BINS), dtype=np.uint16)
+        self.peak_hour_bytes_ = np.zeros(cap)
+        self.cur_hour_ = np.full(cap, -1, dtype=np.int64)
+        self.cur_bytes_ = np.zeros(cap)
+        self.threshold_ = np.full(cap, np.inf)
+        self.median_hour_bytes_ = np.zeros(cap)
+        self.client_edges_ = np.zeros(1024, dtype=np.int32)
+        self.server_edges_ = np.zeros(1024, dtype=np.int32)
+        self.saturated_: dict[int, int] = {}  # wid → edges refused
+        self.refused_ = 0
+        self.frozen_ = False
+
+    # -- storage -------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.n_
+
+    def _grow(self, need: int) -> None:
+        cap = len(self.keys_)
+        if need <= cap:
+            return
+        new = max(need, cap * 2)
+        for name in (
+            "keys_", "first_seen_", "last_seen_", "flows_", "bytes_", "packets_", "hour_mask_",
+            "days_", "last_day_", "hist_", "peak_hour_bytes_", "cur_hour_", "cur_bytes_",
+            "threshold_", "median_hour_bytes_",
+        ):
+            old = getattr(self, name)
+            fill = {"last_day_": -1, "cur_hour_": -1, "threshold_": np.inf}.get(name, 0)
+            arr = np.full((new, *old.shape[1:]), fill, dtype=old.dtype)
+            arr[:cap] = old
+            setattr(self, name, arr)
+
+    def _count_arrays(self, wid: int) -> None:
+        if wid >= len(self.client_edges_):
+            size = min(MAX_WORKLOADS, max(wid + 1, len(self.client_edges_) * 2))
+            for name in ("client_edges_", "server_edges_"):
+                old = getattr(self, name)
+                arr = np.zeros(size, dtype=np.int32)
+                arr[: len(old)] = old
+                setattr(self, name, arr)
+
+    # -- lookup --------------------------------------------------------------------------
+    def lookup(self, keys: np.ndarray) -> np.ndarray:
+        """Row per key, -1 where the edge is not in the baseline (keys should be few/distinct)."""
+        get = self.rows_.get
+        return np.fromiter((get(int(k), -1) for k in keys), dtype=np.int64, count=len(keys))
+
+    def known_pairs(self) -> set[int]:
+        """(client, server) pairs of learned edges, for new_port vs new_edge."""
+        return {k >> 24 for k in self.rows_}
+
+    # -- learning ------------------------------------------------------------------------
+    def partial_fit(
+        self, keys: np.ndarray, start: np.ndarray, nbytes: np.ndarray, packets: np.ndarray
+    ) -> EdgeBaseline:
+        """Learn accepted audit-phase flows (one entry per flow)."""
+        if self.frozen_ or not len(keys):
+            return self
+        uniq, inv = np.unique(keys, return_inverse=True)
+        rows = self.lookup(uniq)
+        missing = np.flatnonzero(rows < 0)
+        if len(missing):
+            first = np.full(len(uniq), np.inf)
+            np.minimum.at(first, inv, start)
+            for i in missing:
+                rows[i] = self._admit(int(uniq[i]), float(first[i]))
+        flow_rows = rows[inv]
+        ok = flow_rows >= 0
+        if not ok.all():
+            flow_rows, start, nbytes, packets = flow_rows[ok], start[ok], nbytes[ok], packets[ok]
+        if not len(flow_rows):
+            return self
+        self._update_totals(flow_rows, start, nbytes, packets)
+        self._update_hours(flow_rows, start, nbytes, learn=True)
+        return self
+
+    def _admit(self, key: int, first: float) -> int:
+        client, server = (key >> 43) & 0x7FFFF, (key >> 24) & 0x7FFFF
+        self._count_arrays(max(client, server))
+        cap = self.max_edges_per_workload
+        if (
+            self.n_ >= self.max_edges
+            or self.client_edges_[client] >= cap
+            or self.server_edges_[server] >= cap
+        ):
+            self.refused_ += 1
+            for wid, full in ((client, self.client_edges_[client] >= cap),
+                              (server, self.server_edges_[server] >= cap)):
+                if full or self.n_ >= self.max_edges:
+                    self.saturated_[wid] = self.saturated_.get(wid, 0) + 1
+            return -1
+        row = self.n_
+        self._grow(row + 1)
+        self.n_ += 1
+        self.rows_[key] = row
+        self.keys_[row] = key
+        self.first_seen_[row] = first
+        self.last_seen_[row] = first
+        self.client_edges_[client] += 1
+        self.server_edges_[server] += 1
+        return row
+
+    def _update_totals(
+        self, rows: np.ndarray, start: np.ndarray, nbytes: np.ndarray, packets: np.ndarray
+    ) -> None:
+        np.add.at(self.flows_, rows, 1)
+        np.add.at(self.bytes_, rows, nbytes)
+        np.add.at(self.packets_, rows, packets)
+        np.minimum.at(self.first_seen_, rows, start)
+        np.maximum.at(self.last_seen_, rows, start)
+        hours = (start // HOUR).astype(np.int64) % 24
+        np.bitwise_or.at(self.hour_mask_, rows, np.left_shift(1, hours))
+        days = (start // DAY).astype(np.int64)
+        pairs = np.unique((rows.astype(np.int64) << 24) | (days & 0xFFFFFF))
+        r, d = pairs >> 24, pairs & 0xFFFFFF
+        newer = d > self.last_day_[r]
+        np.add.at(self.days_, r[newer], 1)
+        np.maximum.at(self.last_day_, r, d)
+
+    def _update_hours(
+        self, rows: np.ndarray, start: np.ndarray, nbytes: np.ndarray, *, learn: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Fold flows into per-edge hourly byte accumulators.
+
+        Completed hours go into the histogram while learning. Returns (rows, hour, bytes so far)
+        of every (edge, hour) touched, for the volume check after the audit.
+        """
+        hour = (start // HOUR).astype(np.int64)
+        combo = (rows.astype(np.int64) << 24) | (hour & 0xFFFFFF)  # hours since 1970 < 2^24
+        groups, ginv = np.unique(combo, return_inverse=True)
+        sums = np.bincount(ginv, weights=nbytes, minlength=len(groups))
+        g_rows, g_hours = groups >> 24, groups & 0xFFFFFF
+        # rank of each (edge, hour) group within its edge, groups being sorted by (row, hour)
+        first_of_row = np.r_[True, g_rows[1:] != g_rows[:-1]]
+        starts = np.flatnonzero(first_of_row)
+        rank = np.arange(len(groups)) - np.repeat(starts, np.diff(np.r_[starts, len(groups)]))
+        out_rows, out_hours, out_bytes = [], [], []
+        for level in range(int(rank.max()) + 1 if len(rank) else 0):
+            sel = rank == level
+            r, h, b = g_rows[sel], g_hours[sel], sums[sel]
+            cur = self.cur_hour_[r]
+            same, newer, older = h == cur, h > cur, h < cur
+            self.cur_bytes_[r[same]] += b[same]
+            rn = r[newer]
+            if learn:
+                closing = rn[self.cur_hour_[rn] >= 0]
+                self._hist_add(closing, self.cur_bytes_[closing])
+                self._hist_add(r[older], b[older])
+            self.cur_hour_[rn] = h[newer]
+            self.cur_bytes_[rn] = b[newer]
+            keep = same | newer
+            out_rows.append(r[keep])
+            out_hours.append(h[keep])
+            out_bytes.append(self.cur_bytes_[r[keep]])
+        if not out_rows:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty, np.zeros(0)
+        return np.concatenate(out_rows), np.concatenate(out_hours), np.concatenate(out_bytes)
+
+    def _hist_add(self, rows: np.ndarray, values: np.ndarray) -> None:
+        if len(rows):
+            np.add.at(self.hist_, (rows, _bins(values)), 1)
+            np.maximum.at(self.peak_hour_bytes_, rows, values)
+
+    def freeze(self) -> EdgeBaseline:
+        """End of audit: close open hours, compute per-edge volume thresholds, stop learning."""
+        if self.frozen_:
+            return self
+        n = self.n_
+        open_rows = np.flatnonzero(self.cur_hour_[:n] >= 0)
+        self._hist_add(open_rows, self.cur_bytes_[open_rows])
+        self.cur_hour_[:n] = -1
+        self.cur_bytes_[:n] = 0
+        hist = self.hist_[:n].astype(np.float64)
+        total = hist.sum(axis=1)
+        centers = np.arange(HIST_BINS) + 0.5
+        cdf = np.cumsum(hist, axis=1)
+        med_bin = (cdf < (total / 2)[:, None]).sum(axis=1)
+        med = centers[np.minimum(med_bin, HIST_BINS - 1)]
+        dev = np.abs(centers[None, :] - med[:, None])
+        order = np.argsort(dev, axis=1)
+        dev_sorted = np.take_along_axis(dev, order, axis=1)
+        w_sorted = np.take_along_axis(hist, order, axis=1)
+        mad_idx = (np.cumsum(w_sorted, axis=1) < (total / 2)[:, None]).sum(axis=1)
+        mad = dev_sorted[np.arange(n), np.minimum(mad_idx, HIST_BINS - 1)]
+        spread = np.maximum(self.volume_mad_k * 1.4826 * mad, 3.0)  # at least 8x the median
+        thr = np.maximum(2.0 ** (med + spread), self.volume_peak_factor * self.peak_hour_bytes_[:n])
+        thr = np.maximum(thr, self.volume_min_bytes)
+        self.threshold_[:n] = np.where(total > 0, thr, np.inf)
+        self.median_hour_bytes_[:n] = np.where(total > 0, 2.0**med, 0.0)
+        self.frozen_ = True
+        return self
+
+    def hourly_volume(
+        self, rows: np.ndarray, start: np.ndarray, nbytes: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """After audit: accumulate flows on known edges; (rows, hour, bytes) over threshold."""
+        r, h, b = self._update_hours(rows, start, nbytes, learn=False)
+        over = b > self.threshold_[r]
+        return r[over], h[over], b[over]
+
+    # -- artifacts -----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain parameters and learned arrays (lists), for JSON/npz artifacts."""
+        n = self.n_
+        return {
+            "params": {
+                "max_edges": self.max_edges,
+                "max_edges_per_workload": self.max_edges_per_workload,
+                "volume_min_bytes": self.volume_min_bytes,
+                "volume_mad_k": self.volume_mad_k,
+                "volume_peak_factor": self.volume_peak_factor,
+            },
+            "frozen": self.frozen_,
+            "keys": self.keys_[:n].tolist(),
+            "first_seen": self.first_seen_[:n].tolist(),
+            "last_seen": self.last_seen_[:n].tolist(),
+            "flows": self.flows_[:n].tolist(),
+            "bytes": self.bytes_[:n].tolist(),
+            "packets": self.packets_[:n].tolist(),
+            "hour_mask": self.hour_mask_[:n].tolist(),
+            "days": self.days_[:n].tolist(),
+            "threshold": [None if not np.isfinite(x) else float(x) for x in self.threshold_[:n]],
+        }
+
+
+__all__ = ["DAY", "HOUR", "EdgeBaseline", "dilate24", "edge_keys", "pair_keys", "popcount24",
+           "unpack_keys"]

@@ -1,0 +1,233 @@
+"""Enrich a flow batch with workload identity and orient it client → server.
+
+Identity: the flow source's own identity (Hubble, GKE details) wins; otherwise the
+time-aware inventory at the flow's start time. Orientation (which end is the service)
+uses, in order: a pure SYN seen from the source;
+well-known service ports; privileged (< 1024) vs unprivileged ports; a listener already
+confirmed by a pure SYN; the ephemeral range
+(≥ 32768) vs the rest; the lower port; finally the destination. Ephemeral client ports
+therefore never become edges.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.core.addresses import encode_ips
+from pipeline.core.columns import ACTION_REJECT, NO_TCP_FLAGS
+from pipeline.core.inventory import Inventory
+from pipeline.core.workloads import WorkloadInfo
+
+TCP_SYN = 0x02
+TCP_ACK = 0x10
+
+# Ports that identify the service side when only one end uses them.
+SERVICE_PORTS = np.array(
+    sorted(
+        {
+            21, 22, 23, 25, 53, 67, 69, 80, 88, 110, 111, 123, 135, 137, 139, 143, 161, 179,
+            389, 443, 445, 465, 514, 587, 636, 853, 873, 993, 995, 1433, 1521, 1883, 2049,
+            2181, 2379, 2380, 3000, 3100, 3306, 3389, 4222, 4317, 4318, 5000, 5044, 5432,
+            5601, 5672, 5984, 6379, 6443, 7000, 7001, 7199, 8000, 8080, 8081, 8086, 8088,
+            8200, 8443, 8500, 8888, 9000, 9042, 9090, 9091, 9092, 9093, 9100, 9200, 9300,
+            9411, 9443, 10250, 10255, 11211, 15672, 27017, 50051,
+        }
+    ),
+    dtype=np.int32,
+)
+EPHEMERAL_FLOOR = 32768
+_LISTENERS_MAX = 1 << 20  # confirmed (address, port) listeners kept (cleared when full)
+
+
+@dataclass(slots=True)
+class Enriched:
+    """A flow batch with identities, oriented client → server (numpy columns)."""
+
+    start: np.ndarray  # float64 epoch seconds
+    end: np.ndarray
+    client_wid: np.ndarray  # int64
+    server_wid: np.ndarray
+    client_port: np.ndarray  # int32
+    service_port: np.ndarray  # int32 (0 for protocols without ports)
+    proto: np.ndarray  # int16
+    bytes: np.ndarray  # int64
+    packets: np.ndarray
+    rejected: np.ndarray  # bool
+    swapped: np.ndarray  # bool: the record was server → client
+    src_ip: pa.Array  # original columns, for evidence on the few flows that need it
+    dst_ip: pa.Array
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+    def client_ip(self, rows: np.ndarray) -> list[str]:
+        return _pick(self.src_ip, self.dst_ip, self.swapped, rows)
+
+    def server_ip(self, rows: np.ndarray) -> list[str]:
+        return _pick(self.dst_ip, self.src_ip, self.swapped, rows)
+
+
+def _pick(a: pa.Array, b: pa.Array, swapped: np.ndarray, rows: np.ndarray) -> list[str]:
+    idx = pa.array(rows)
+    first = a.take(idx).to_pylist()
+    second = b.take(idx).to_pylist()
+    sw = swapped[rows]
+    return [s if w else f for f, s, w in zip(first, second, sw, strict=True)]
+
+
+def _np(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    return col.to_numpy(zero_copy_only=False)
+
+
+class Orienter:
+    """Service-side inference with a bounded memory of listeners confirmed by pure SYNs."""
+
+    def __init__(self) -> None:
+        self.listeners: set[tuple[int, int]] = set()
+
+    def orient(
+        self,
+        src_port: np.ndarray,
+        dst_port: np.ndarray,
+        flags: np.ndarray,
+        src_addr: np.ndarray,
+        dst_addr: np.ndarray,
+        addrs: list[int],
+    ) -> np.ndarray:
+        """True where the *source* is the server (the record must be swapped)."""
+        n = len(src_port)
+        decided = np.zeros(n, dtype=bool)
+        swap = np.zeros(n, dtype=bool)
+
+        def decide(mask: np.ndarray, src_is_server: np.ndarray | bool) -> None:
+            m = mask & ~decided
+            swap[m] = np.broadcast_to(src_is_server, n)[m]
+            decided[m] = True
+
+        known = flags != NO_TCP_FLAGS
+        pure_syn = known & ((flags & TCP_SYN) != 0) & ((flags & TCP_ACK) == 0)
+        decide(pure_syn, False)
+        self._learn(dst_addr[pure_syn], dst_port[pure_syn], addrs)
+        src_svc = np.isin(src_port, SERVICE_PORTS)
+        dst_svc = np.isin(dst_port, SERVICE_PORTS)
+        decide(src_svc ^ dst_svc, src_svc)
+        src_priv = (src_port > 0) & (src_port < 1024)
+        dst_priv = (dst_port > 0) & (dst_port < 1024)
+        decide(src_priv ^ dst_priv, src_priv)
+        if self.listeners and not decided.all():
+            open_rows = np.flatnonzero(~decided)
+            src_l, dst_l = self._listening(src_addr[open_rows], src_port[open_rows],
+                                           dst_addr[open_rows], dst_port[open_rows], addrs)
+            m = np.zeros(n, dtype=bool)
+            m[open_rows] = src_l ^ dst_l
+            s_l = np.zeros(n, dtype=bool)
+            s_l[open_rows] = src_l
+            decide(m, s_l)
+        src_eph = src_port >= EPHEMERAL_FLOOR
+        dst_eph = dst_port >= EPHEMERAL_FLOOR
+        decide(src_eph ^ dst_eph, dst_eph)
+        decide((src_port != dst_port) & (src_port > 0) & (dst_port > 0), src_port < dst_port)
+        return swap
+
+    def _learn(self, addr_idx: np.ndarray, ports: np.ndarray, addrs: list[int]) -> None:
+        if not len(addr_idx):
+            return
+        if len(self.listeners) > _LISTENERS_MAX:
+            self.listeners.clear()
+        pairs = np.unique(addr_idx.astype(np.int64) * 65536 + ports)
+        self.listeners.update((addrs[int(a) // 65536], int(a) % 65536) for a in pairs)
+
+    def _listening(
+        self,
+        src_addr: np.ndarray,
+        src_port: np.ndarray,
+        dst_addr: np.ndarray,
+        dst_port: np.ndarray,
+        addrs: list[int],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        out = []
+        for a_idx, ports in ((src_addr, src_port), (dst_addr, dst_port)):
+            combo = a_idx.astype(np.int64) * 65536 + ports
+            uniq, inv = np.unique(combo, return_inverse=True)
+            hit = np.fromiter(
+                ((addrs[int(u) // 65536], int(u) % 65536) in self.listeners for u in uniq),
+                dtype=bool,
+                count=len(uniq),
+            )
+            out.append(hit[inv])
+        return out[0], out[1]
+
+
+def _source_identity(
+    table: pa.Table, side: str, inventory: Inventory
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(rows, wids) for rows whose source already named the workload, or None."""
+    app = table.column(f"{side}_app")
+    if app.null_count == len(app):
+        return None
+    rows = np.flatnonzero(~np.asarray(pc.is_null(app)))
+    taken = table.take(pa.array(rows))
+    key = pc.binary_join_element_wise(
+        taken.column(f"{side}_namespace").fill_null(""),
+        taken.column(f"{side}_app"),
+        taken.column(f"{side}_labels").fill_null(""),
+        "\x00",
+    ).combine_chunks()
+    enc = key.dictionary_encode()
+    lut = []
+    for k in enc.dictionary.to_pylist():
+        ns, name, labels = k.split("\x00")
+        lab: tuple[tuple[str, str], ...] = ()
+        if labels:
+            try:
+                lab = tuple(sorted((str(a), str(b)) for a, b in orjson.loads(labels).items()))
+            except (orjson.JSONDecodeError, AttributeError):
+                lab = ()
+        lut.append(inventory.workloads.intern(WorkloadInfo(ns, name, "pod", labels=lab)))
+    return rows, np.asarray(lut, dtype=np.int64)[np.asarray(enc.indices)]
+
+
+def enrich(table: pa.Table, inventory: Inventory, orienter: Orienter) -> Enriched:
+    """Identity + orientation for a FLOW_SCHEMA table."""
+    start = _np(table.column("start"))
+    src_ip = table.column("src_ip").combine_chunks()
+    dst_ip = table.column("dst_ip").combine_chunks()
+    both = pa.concat_arrays([src_ip, dst_ip])
+    idx, addrs = encode_ips(both)
+    n = table.num_rows
+    src_idx, dst_idx = idx[:n], idx[n:]
+    wids = inventory.assign(idx, addrs, np.concatenate([start, start]))
+    src_wid, dst_wid = wids[:n], wids[n:]
+    for side, target in (("src", src_wid), ("dst", dst_wid)):
+        given = _source_identity(table, side, inventory)
+        if given is not None:
+            target[given[0]] = given[1]
+    src_port = _np(table.column("src_port")).astype(np.int32)
+    dst_port = _np(table.column("dst_port")).astype(np.int32)
+    flags = _np(table.column("tcp_flags")).astype(np.int16)
+    swap = orienter.orient(src_port, dst_port, flags, src_idx, dst_idx, addrs)
+    return Enriched(
+        start=start,
+        end=_np(table.column("end")),
+        client_wid=np.where(swap, dst_wid, src_wid),
+        server_wid=np.where(swap, src_wid, dst_wid),
+        client_port=np.where(swap, dst_port, src_port),
+        service_port=np.where(swap, src_port, dst_port),
+        proto=_np(table.column("proto")).astype(np.int16),
+        bytes=_np(table.column("bytes")).astype(np.int64),
+        packets=_np(table.column("packets")).astype(np.int64),
+        rejected=_np(table.column("action")) == ACTION_REJECT,
+        swapped=swap,
+        src_ip=src_ip,
+        dst_ip=dst_ip,
+    )
+
+
+__all__ = ["SERVICE_PORTS", "Enriched", "Orienter", "enrich"]

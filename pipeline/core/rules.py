@@ -1,0 +1,119 @@
+"""Derive least-privilege candidate allow rules from the learned baseline.
+
+Every learned edge (client → server : port/proto) yields an ingress rule on the server
+(peer: the client) and an egress rule on the client (peer: the server). Edges with the
+same app, direction, peer and protocol merge into one rule with a port list. Peers outside
+the internal ranges become ``world``; internal addresses no inventory entry covers become
+``/32`` (``/128``) CIDR peers so they stay visible instead of being silently widened.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.core.baseline import EdgeBaseline, unpack_keys
+from pipeline.core.events import stable_id
+from pipeline.core.intents import CandidateRule, Evidence, Peer, Workload
+from pipeline.core.workloads import OVERFLOW, WORLD, WorkloadInfo, Workloads
+
+SELECTOR_KEYS = ("app", "app.kubernetes.io/name", "k8s-app", "name")
+
+
+def to_workload(info: WorkloadInfo) -> Workload:
+    """Policy-facing workload with a minimal pod selector."""
+    labels = dict(info.labels)
+    selector: tuple[tuple[str, str], ...] = ()
+    for k in SELECTOR_KEYS:
+        if k in labels:
+            selector = ((k, labels[k]),)
+            break
+    if not selector and info.kind == "pod":
+        selector = (("app", info.app),)
+    return Workload(info.namespace, info.app, info.kind, selector)
+
+
+def _peer(info: WorkloadInfo, wid: int, internal_cidrs: tuple[str, ...]) -> Peer:
+    if wid == WORLD:
+        return Peer("world", cidr="0.0.0.0/0", except_cidrs=internal_cidrs)
+    if info.kind == "unknown" and info.app.startswith("unknown:"):
+        ip = info.app.split(":", 1)[1]
+        return Peer("cidr", cidr=f"{ip}/{128 if ':' in ip else 32}")
+    return Peer("workload", workload=to_workload(info))
+
+
+@dataclass(slots=True)
+class _Acc:
+    ports: set[int]
+    flows: int
+    bytes: int
+    first: float
+    last: float
+    days: int
+
+
+def derive_rules(
+    baseline: EdgeBaseline,
+    workloads: Workloads,
+    *,
+    audit_days: float,
+    internal_cidrs: Iterable[str],
+) -> list[CandidateRule]:
+    """Candidate rules for every learned edge, sorted by id (deterministic)."""
+    n = len(baseline)
+    if n == 0:
+        return []
+    internal = tuple(internal_cidrs)
+    client, server, port, proto = unpack_keys(baseline.keys_[:n])
+    acc: dict[tuple[int, str, int, int], _Acc] = {}
+    groups: dict[tuple[int, str, int, int], list[int]] = defaultdict(list)
+    for row in range(n):
+        c, s = int(client[row]), int(server[row])
+        if OVERFLOW in (c, s):
+            continue
+        groups[(s, "ingress", c, int(proto[row]))].append(row)
+        groups[(c, "egress", s, int(proto[row]))].append(row)
+    for gkey, rows in groups.items():
+        r = np.asarray(rows)
+        acc[gkey] = _Acc(
+            ports={int(p) for p in port[r]},
+            flows=int(baseline.flows_[r].sum()),
+            bytes=int(baseline.bytes_[r].sum()),
+            first=float(baseline.first_seen_[r].min()),
+            last=float(baseline.last_seen_[r].max()),
+            days=int(baseline.days_[r].max()),
+        )
+    rules = []
+    expect_days = max(1.0, min(7.0, audit_days))
+    for (app_wid, direction, peer_wid, pr), a in acc.items():
+        if app_wid == WORLD:
+            continue  # the outside world is not a workload we protect
+        app = to_workload(workloads.infos[app_wid])
+        peer = _peer(workloads.infos[peer_wid], peer_wid, internal)
+        ports = tuple(sorted(a.ports)) if pr in (6, 17, 132) else ()
+        persistence = min(1.0, a.days / expect_days)
+        volume = min(1.0, math.log10(1 + a.flows) / 3)
+        confidence = round(0.6 * persistence + 0.4 * volume, 3)
+        peer_key = peer.workload.key if peer.workload else (peer.cidr or "world")
+        rid = stable_id("r", app.key, direction, peer.kind, peer_key, pr, ",".join(map(str, ports)))
+        rules.append(
+            CandidateRule(
+                id=rid,
+                app=app,
+                direction=direction,  # type: ignore[arg-type]
+                peer=peer,
+                proto=pr,
+                ports=ports,
+                evidence=Evidence(a.flows, a.bytes, a.first, a.last, a.days),
+                confidence=confidence,
+            )
+        )
+    rules.sort(key=lambda r: r.id)
+    return rules
+
+
+__all__ = ["derive_rules", "to_workload"]

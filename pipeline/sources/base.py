@@ -1,0 +1,127 @@
+"""What every flow source parser returns, and the file reader that feeds parsers blocks.
+
+A parser turns a block of bytes (whole lines) into a :data:`FLOW_SCHEMA` table plus
+:class:`Reject` records; it never raises on bad records. Parser objects are created per
+input (file, topic partition) so formats with headers (Zeek, AWS custom formats) can keep
+header state between blocks.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import pyarrow as pa
+
+from pipeline.core.columns import Reject, empty_flows
+from pipeline.core.normalize import RowError
+from pipeline.errors import InputError
+
+BLOCK_BYTES = 8 << 20  # bytes handed to a parser at once (cut at a line end)
+MAX_DOCUMENT_BYTES = 1 << 30  # whole-document formats (Azure blobs) larger than this are refused
+RAW_KEEP = 4096  # bytes of a rejected record kept for the dead-letter sink
+
+
+@dataclass(slots=True)
+class ParseResult:
+    """Good rows plus rejects from one block."""
+
+    flows: pa.Table = field(default_factory=empty_flows)
+    rejects: list[Reject] = field(default_factory=list)
+    records_in: int = 0  # records seen in the block (good + rejected)
+
+
+class BlockParser(Protocol):
+    """A per-input parser. ``whole_document`` parsers get the entire input in one call."""
+
+    format: str
+    whole_document: bool
+
+    def parse(self, block: bytes, source: str, first_line: int) -> ParseResult: ...
+
+
+def rejects_from_rows(
+    errors: list[RowError], lines: list[bytes], source: str, first_line: int
+) -> list[Reject]:
+    """Map normalisation row errors back to their raw lines (``lines[i]`` is row ``i``)."""
+    out = []
+    for e in errors:
+        raw = lines[e.row] if e.row < len(lines) else b""
+        out.append(Reject(e.reason, e.detail, raw[:RAW_KEEP], f"{source}:{first_line + e.row}"))
+    return out
+
+
+def open_binary(path: Path) -> Iterator[bytes]:
+    """Yield raw chunks of a plain or gzip file; unreadable files raise InputError."""
+    try:
+        with path.open("rb") as fh:
+            magic = fh.read(2)
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}; check the path") from exc
+    opener: Callable[..., object] = gzip.open if magic == b"\x1f\x8b" else open
+    try:
+        with opener(path, "rb") as fh:  # type: ignore[operator]
+            while True:
+                chunk = fh.read(BLOCK_BYTES)  # type: ignore[attr-defined]
+                if not chunk:
+                    return
+                yield chunk
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise InputError(f"cannot read {path}: {exc}; is it a complete gzip or text file?") from exc
+
+
+def iter_line_blocks(path: Path) -> Iterator[tuple[bytes, int]]:
+    """Yield (block of whole lines, number of its first line, 1-based) from a file."""
+    pending = b""
+    line_no = 1
+    for chunk in open_binary(path):
+        data = pending + chunk
+        cut = data.rfind(b"\n")
+        if cut == -1:
+            pending = data
+            if len(pending) > 4 * BLOCK_BYTES:
+                raise InputError(f"{path}: a line is longer than {4 * BLOCK_BYTES} bytes; "
+                                 "is this a line-oriented flow file?")
+            continue
+        block, pending = data[: cut + 1], data[cut + 1 :]
+        yield block, line_no
+        line_no += block.count(b"\n")
+    if pending.strip():
+        yield pending, line_no
+
+
+def read_document(path: Path) -> bytes:
+    """The whole (decompressed) file, for formats that are one JSON document."""
+    parts: list[bytes] = []
+    size = 0
+    for chunk in open_binary(path):
+        size += len(chunk)
+        if size > MAX_DOCUMENT_BYTES:
+            raise InputError(f"{path}: larger than {MAX_DOCUMENT_BYTES} bytes as one document")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def parse_file(path: Path, parser: BlockParser) -> Iterator[ParseResult]:
+    """Run ``parser`` over a file block by block."""
+    source = str(path)
+    if parser.whole_document:
+        yield parser.parse(read_document(path), source, 1)
+        return
+    for block, first_line in iter_line_blocks(path):
+        yield parser.parse(block, source, first_line)
+
+
+__all__ = [
+    "BLOCK_BYTES",
+    "BlockParser",
+    "ParseResult",
+    "iter_line_blocks",
+    "open_binary",
+    "parse_file",
+    "read_document",
+    "rejects_from_rows",
+]

@@ -1,0 +1,223 @@
+"""segflow's canonical flow record, one JSON object per line (files and Kafka messages).
+
+Fast path: Arrow's multithreaded JSON reader decodes the whole block into columns.
+If Arrow refuses the block (a malformed line, or a field whose JSON type varies between
+records, e.g. ``"proto": "tcp"`` next to ``"proto": 6``), the block is decoded line by line
+with orjson and coerced per record, so one bad record costs only its own line.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pj
+
+from pipeline.core.columns import Reject
+from pipeline.core.normalize import PROTO_NAMES, normalize, parse_time_text
+from pipeline.sources.base import RAW_KEEP, ParseResult, rejects_from_rows
+
+_IDENTITY_SIDES = ("src", "dst")
+_INT_FIELDS = ("src_port", "dst_port", "bytes", "packets", "tcp_flags")
+
+
+def labels_to_json(value: Any) -> str | None:
+    """Labels as JSON object text; accepts an object or ``"k=v;k=v"`` / ``"k=v,k=v"`` text."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return orjson.dumps({str(k): str(v) for k, v in value.items()}).decode()
+    if isinstance(value, str):
+        pairs = {}
+        for part in value.replace(",", ";").split(";"):
+            if "=" in part:
+                k, v = part.split("=", 1)
+                pairs[k.strip()] = v.strip()
+        return orjson.dumps(pairs).decode()
+    return None
+
+
+class CanonicalParser:
+    """Parser for canonical JSONL; stateless, so one instance may serve many inputs."""
+
+    format = "canonical"
+    whole_document = False
+
+    def parse(self, block: bytes, source: str, first_line: int) -> ParseResult:
+        try:
+            table = pj.read_json(
+                io.BytesIO(block),
+                read_options=pj.ReadOptions(block_size=1 << 20),
+            )
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            return self._parse_slow(block, source, first_line)
+        if table.num_rows == 0:
+            return ParseResult(records_in=0)
+        cols: dict[str, Any] = {}
+        names = set(table.column_names)
+        for name in table.column_names:
+            if not name.endswith("_workload"):
+                cols[name] = table.column(name)
+        for side in _IDENTITY_SIDES:
+            key = f"{side}_workload"
+            if key in names:
+                col = table.column(key)
+                if pa.types.is_struct(col.type):
+                    arr = col.combine_chunks()
+                    fields = {arr.type.field(i).name for i in range(arr.type.num_fields)}
+                    for sub in ("app", "namespace"):
+                        if sub in fields:
+                            cols[f"{side}_{sub}"] = pc.struct_field(arr, sub)
+                    if "labels" in fields:
+                        cols[f"{side}_labels"] = pa.array(
+                            [labels_to_json(v) for v in pc.struct_field(arr, "labels").to_pylist()],
+                            pa.string(),
+                        )
+                else:  # wrong shape: let the slow path explain per record
+                    return self._parse_slow(block, source, first_line)
+        flows, errors = normalize(cols, table.num_rows)
+        rejects: list[Reject] = []
+        if errors:
+            lines = [ln for ln in block.split(b"\n") if ln.strip()]
+            rejects = rejects_from_rows(errors, lines, source, first_line)
+        return ParseResult(flows, rejects, table.num_rows)
+
+    def _parse_slow(self, block: bytes, source: str, first_line: int) -> ParseResult:
+        rejects: list[Reject] = []
+        rows: list[dict[str, Any]] = []
+        kept_lines: list[bytes] = []
+        kept_numbers: list[int] = []
+        seen = 0
+        for offset, line in enumerate(block.split(b"\n")):
+            if not line.strip():
+                continue
+            seen += 1
+            where = f"{source}:{first_line + offset}"
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                rejects.append(Reject("bad_json", f"not JSON: {exc}", line[:RAW_KEEP], where))
+                continue
+            if not isinstance(obj, dict):
+                detail = "a flow record must be a JSON object"
+                rejects.append(Reject("bad_json", detail, line[:RAW_KEEP], where))
+                continue
+            row, problem = coerce_record(obj)
+            if problem is not None:
+                rejects.append(Reject(problem[0], problem[1], line[:RAW_KEEP], where))
+                continue
+            rows.append(row)
+            kept_lines.append(line)
+            kept_numbers.append(first_line + offset)
+        if not rows:
+            return ParseResult(rejects=rejects, records_in=seen)
+        cols = columns_from_rows(rows)
+        flows, errors = normalize(cols, len(rows))
+        for e in errors:
+            where = f"{source}:{kept_numbers[e.row]}"
+            rejects.append(Reject(e.reason, e.detail, kept_lines[e.row][:RAW_KEEP], where))
+        return ParseResult(flows, rejects, seen)
+
+
+_TYPES: dict[str, pa.DataType] = {
+    "start": pa.float64(),
+    "end": pa.float64(),
+    "src_ip": pa.string(),
+    "dst_ip": pa.string(),
+    "proto": pa.int64(),
+    "action": pa.string(),
+    "exporter": pa.string(),
+    "src_app": pa.string(),
+    "src_namespace": pa.string(),
+    "src_labels": pa.string(),
+    "dst_app": pa.string(),
+    "dst_namespace": pa.string(),
+    "dst_labels": pa.string(),
+    "meta": pa.string(),
+    **{k: pa.int64() for k in _INT_FIELDS},
+}
+
+
+def columns_from_rows(rows: list[dict[str, Any]]) -> dict[str, pa.Array]:
+    """Arrow columns from coerced rows (see :func:`coerce_record`)."""
+    return {name: pa.array([r.get(name) for r in rows], typ) for name, typ in _TYPES.items()}
+
+
+def _as_int(v: Any) -> int | None:
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        raise ValueError
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    if isinstance(v, str):
+        f = float(v)
+        if f.is_integer():
+            return int(f)
+    raise ValueError
+
+
+def _as_time(v: Any) -> float | None:
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        raise ValueError
+    if isinstance(v, int | float):
+        return float(v)
+    if isinstance(v, str):
+        t = parse_time_text(v)
+        if t is None:
+            raise ValueError
+        return t
+    raise ValueError
+
+
+def coerce_record(obj: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, str] | None]:
+    """Coerce one decoded canonical record to uniform Python types, or say why not."""
+    row: dict[str, Any] = {}
+    for name in ("start", "end"):
+        try:
+            row[name] = _as_time(obj.get(name))
+        except (ValueError, OverflowError):
+            return row, ("bad_time", f"'{name}' is not epoch seconds or an RFC 3339 time")
+    for name in ("src_ip", "dst_ip"):
+        v = obj.get(name)
+        if v is not None and not isinstance(v, str):
+            return row, ("bad_ip", f"'{name}' must be a string")
+        row[name] = v
+    for name in _INT_FIELDS:
+        try:
+            row[name] = _as_int(obj.get(name))
+        except (ValueError, OverflowError):
+            return row, ("bad_type", f"'{name}' is not an integer")
+    p = obj.get("proto")
+    if isinstance(p, str):
+        key = p.strip().lower()
+        p = PROTO_NAMES.get(key, key)
+    try:
+        row["proto"] = _as_int(p)
+    except (ValueError, OverflowError):
+        return row, ("bad_proto", "'proto' is not an IANA number 0..255 or a known name")
+    a = obj.get("action")
+    row["action"] = a if isinstance(a, str) else None
+    e = obj.get("exporter")
+    row["exporter"] = None if e is None else str(e)
+    for side in _IDENTITY_SIDES:
+        w = obj.get(f"{side}_workload")
+        if w is None:
+            continue
+        if not isinstance(w, dict):
+            return row, ("bad_type", f"'{side}_workload' must be an object")
+        for sub in ("app", "namespace"):
+            v = w.get(sub)
+            row[f"{side}_{sub}"] = None if v is None else str(v)
+        row[f"{side}_labels"] = labels_to_json(w.get("labels"))
+    return row, None
+
+
+__all__ = ["CanonicalParser", "coerce_record", "columns_from_rows", "labels_to_json"]

@@ -1,0 +1,141 @@
+"""Store URLs: where segflow keeps its tables.
+
+Accepted forms::
+
+    chdb://var/segflow            embedded chdb, path relative to the current directory
+    chdb:///abs/path              embedded chdb, absolute path
+    var/segflow  |  /abs/path     a plain path means chdb too
+    http://[user:password@]host[:port][/database]    ClickHouse server (port 8123)
+    https://[user:password@]host[:port][/database]   ClickHouse server over TLS (port 8443)
+
+The database defaults to ``segflow``; ``chdb://PATH?database=NAME`` picks another one.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+from pipeline.errors import ConfigError
+
+DEFAULT_DATABASE = "segflow"
+DEFAULT_PORTS = {"http": 8123, "https": 8443}
+ACCEPTED_FORMS = (
+    "chdb://PATH, chdb:///ABS/PATH, a plain directory path, "
+    "or http(s)://[user:password@]host[:port][/database]"
+)
+_DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+Scheme = Literal["chdb", "http", "https"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreURL:
+    """A parsed store location; ``str()`` and ``repr()`` never show the password."""
+
+    scheme: Scheme
+    database: str = DEFAULT_DATABASE
+    path: Path | None = None  # chdb only: absolute data directory
+    host: str = ""  # server only
+    port: int = 0
+    username: str = ""
+    password: str = field(default="", repr=False)
+
+    @property
+    def is_embedded(self) -> bool:
+        """True for an in-process chdb store."""
+        return self.scheme == "chdb"
+
+    @property
+    def secure(self) -> bool:
+        return self.scheme == "https"
+
+    def __str__(self) -> str:
+        if self.scheme == "chdb":
+            suffix = "" if self.database == DEFAULT_DATABASE else f"?database={self.database}"
+            return f"chdb://{self.path}{suffix}"
+        auth = ""
+        if self.username:
+            auth = quote(self.username, safe="")
+            auth += ":***@" if self.password else "@"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{auth}{host}:{self.port}/{self.database}"
+
+
+def _bad(url: str, why: str) -> ConfigError:
+    return ConfigError(f"bad store URL {_redact(url)!r} ({why}): use {ACCEPTED_FORMS}")
+
+
+def _redact(url: str) -> str:
+    """Hide a ``user:password@`` password in raw URL text."""
+    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", url)
+
+
+def _check_db(url: str, name: str) -> str:
+    if not _DB_NAME.match(name):
+        raise _bad(url, f"database name {name!r} must match [A-Za-z_][A-Za-z0-9_]*")
+    return name
+
+
+def _parse_chdb(url: str, rest: str) -> StoreURL:
+    database = DEFAULT_DATABASE
+    if "?" in rest:
+        rest, query = rest.split("?", 1)
+        params = parse_qs(query, keep_blank_values=True)
+        unknown = set(params) - {"database"}
+        if unknown:
+            raise _bad(url, f"unknown parameter {sorted(unknown)[0]!r}")
+        if "database" in params:
+            database = _check_db(url, params["database"][-1])
+    if not rest.strip():
+        raise _bad(url, "empty path")
+    path = Path(unquote(rest)).expanduser()
+    return StoreURL(scheme="chdb", database=database, path=path.resolve())
+
+
+def _parse_server(url: str, scheme: Scheme) -> StoreURL:
+    parts = urlsplit(url)
+    if parts.query or parts.fragment:
+        raise _bad(url, "query strings and fragments are not supported")
+    try:
+        host = parts.hostname or ""
+        port = parts.port or DEFAULT_PORTS[scheme]
+    except ValueError as exc:  # port out of range or not a number
+        raise _bad(url, "port must be a number 1-65535") from exc
+    if not host:
+        raise _bad(url, "missing host")
+    segments = [s for s in parts.path.split("/") if s]
+    if len(segments) > 1:
+        raise _bad(url, "the path may only name the database")
+    database = _check_db(url, unquote(segments[0])) if segments else DEFAULT_DATABASE
+    return StoreURL(
+        scheme=scheme,
+        database=database,
+        host=host,
+        port=port,
+        username=unquote(parts.username or ""),
+        password=unquote(parts.password or ""),
+    )
+
+
+def parse_store_url(url: str | Path) -> StoreURL:
+    """Parse a store URL or plain path; raises :class:`ConfigError` naming the accepted forms."""
+    text = str(url).strip()
+    if not text:
+        raise _bad(text, "empty")
+    if "://" not in text:
+        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", text) and not Path(text).exists():
+            raise _bad(text, "missing '//' after the scheme")
+        return _parse_chdb(text, text)
+    scheme = text.split("://", 1)[0].lower()
+    if scheme == "chdb":
+        return _parse_chdb(text, text.split("://", 1)[1])
+    if scheme in ("http", "https"):
+        return _parse_server(text, "https" if scheme == "https" else "http")
+    raise _bad(text, f"unsupported scheme {scheme!r}")
+
+
+__all__ = ["DEFAULT_DATABASE", "StoreURL", "parse_store_url"]
