@@ -13,6 +13,8 @@ import pytest
 from pipeline.core.inventory import Inventory, entry_from_record
 from pipeline.sources.canonical import CanonicalParser
 
+pytest_plugins = ["tests.kafka_broker"]
+
 T0 = 1_767_571_200.0  # 2026-01-05T00:00:00Z, a Monday
 DAY = 86_400.0
 

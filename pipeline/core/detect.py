@@ -7,13 +7,18 @@ size. Scan folding: when one client workload reaches ``scan_threshold`` distinct
 (server, port, proto) in a window, its new_edge/new_port candidates of that window are
 reported as a single ``scan`` event instead.
 
-Bounded: at most ``max_open`` open windows; past it the oldest windows are closed early
-(their events are emitted with the counts so far; a later event with the same id and a
-higher ``version`` supersedes them).
+Late data: the last ``max_open`` closed windows are remembered, so a flow that arrives after
+its window closed reopens it and the window is emitted again with the cumulative count (same
+id, higher ``version``) instead of a second event that would undercount.
+
+Bounded: at most ``max_open`` open and ``max_open`` recently closed windows; past it the
+oldest windows are closed early (a later event with the same id and a higher ``version``
+supersedes them).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +99,8 @@ class ViolationWindows:
         self.targets: dict[tuple[int, float], set[tuple[int, int, int]]] = {}
         self.watermark = float("-inf")
         self.forced_closes = 0
+        self.reopened = 0
+        self.recent: OrderedDict[tuple[int, int, int, int, int, float], Agg] = OrderedDict()
         self._pending_forced: list[Agg] = []
 
     def add(self, c: Candidates) -> None:
@@ -122,7 +129,11 @@ class ViolationWindows:
             key = (t, cl, sv, port, proto, float(w))
             agg = self.open.get(key)
             if agg is None:
-                agg = Agg(TYPES[t], cl, sv, port, proto, float(w))
+                agg = self.recent.pop(key, None)
+                if agg is not None:
+                    self.reopened += 1
+                else:
+                    agg = Agg(TYPES[t], cl, sv, port, proto, float(w))
                 self.open[key] = agg
             agg.count += int(count[gi])
             agg.bytes += int(nbytes[gi])
@@ -176,6 +187,9 @@ class ViolationWindows:
         scans: dict[tuple[int, float], Agg] = {}
         for k in sorted(keys):
             agg = self.open.pop(k)
+            self.recent[k] = agg
+            if len(self.recent) > self.max_open:
+                self.recent.popitem(last=False)
             tk = (agg.client, agg.window)
             targets = self.targets.get(tk)
             if agg.type in (NEW_EDGE, NEW_PORT) and targets and len(targets) >= self.scan_threshold:

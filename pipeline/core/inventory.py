@@ -157,6 +157,14 @@ class Inventory:
         self._prefixes = sorted(self._by_prefix, reverse=True)
         self._timelines.clear()
 
+    def workload_cidrs(self) -> dict[int, list[str]]:
+        """Address blocks of non-pod workloads (VMs, external systems), by wid."""
+        out: dict[int, set[str]] = {}
+        for e in self._entries.values():
+            if e.info.kind not in ("pod", "service"):
+                out.setdefault(self._wids[e.key], set()).add(_cidr_text(e.net, e.plen))
+        return {w: sorted(c) for w, c in out.items()}
+
     def entries(self) -> Iterator[InventoryEntry]:
         return iter(self._entries.values())
 
@@ -223,6 +231,12 @@ class Inventory:
             uniq, inv = np.unique(index[gaps], return_inverse=True)
             out[gaps] = np.array([self._fallback(addrs[u]) for u in uniq], dtype=np.int64)[inv]
         return out
+
+
+def _cidr_text(net: int, plen: int) -> str:
+    if net >> 32 == 0xFFFF and plen >= 96:
+        return f"{int_to_ip(net)}/{plen - 96}"
+    return f"{int_to_ip(net)}/{plen}"
 
 
 def _has_gaps(cands: list[InventoryEntry]) -> bool:

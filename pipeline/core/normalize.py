@@ -135,7 +135,8 @@ def _epoch(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         ok = ~np.asarray(pc.is_null(arr))
         return np.asarray(secs.fill_null(0.0), dtype=np.float64), ok
     if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
-        vals = np.asarray(pc.cast(arr, pa.float64()).fill_null(np.nan), dtype=np.float64)
+        as_float = pc.cast(arr, pa.float64(), safe=False)  # ns-sized ints lose precision only
+        vals = np.asarray(as_float.fill_null(np.nan), dtype=np.float64)
         return np.nan_to_num(vals, nan=0.0), ~np.isnan(vals)
     if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
         try:

@@ -213,12 +213,7 @@ class Pipeline:
     def _rule_events(self, *, final: bool) -> list[dict[str, Any]]:
         if final:
             self.rules_emitted = True
-        rules = derive_rules(
-            self.baseline,
-            self.workloads,
-            audit_days=self.settings.audit_days,
-            internal_cidrs=self.settings.internal_cidrs,
-        )
+        rules = self.candidate_rules()
         version = int((self.audit_end or 0) * 1000) if final else int(
             float(self.baseline.last_seen_[: len(self.baseline)].max(initial=0)) * 1000)
         return [rule_event(r, version) for r in rules]
@@ -226,7 +221,8 @@ class Pipeline:
     def candidate_rules(self) -> list[Any]:
         """The current candidate rules (intents), e.g. for rendering policies."""
         return derive_rules(self.baseline, self.workloads, audit_days=self.settings.audit_days,
-                            internal_cidrs=self.settings.internal_cidrs)
+                            internal_cidrs=self.settings.internal_cidrs,
+                            workload_cidrs=self.inventory.workload_cidrs())
 
     # -- scoring -------------------------------------------------------------------------
     def _score(self, e: Enriched, keys: np.ndarray, enforce: np.ndarray) -> np.ndarray:
@@ -236,7 +232,7 @@ class Pipeline:
         rows_u = self.baseline.lookup(uniq)
         rows = rows_u[inv]
         violating = np.zeros(len(e), dtype=bool)
-        parts: list[tuple[np.ndarray, np.ndarray, list[dict[str, Any]] | None]] = []
+        parts: list[tuple[np.ndarray, np.ndarray, list[dict[str, Any] | None] | None]] = []
 
         unknown = rows < 0
         if not self.settings.alert_rejected_external:
@@ -263,8 +259,9 @@ class Pipeline:
             off = trusted & (((dilate24(mask) >> hour) & 1) == 0)
             if off.any():
                 o_idx = k_idx[off]
-                extra = [{"hour": int(h), "usual_hours": _hours(int(m))}
-                         for h, m in zip(hour[off], mask[off], strict=True)]
+                extra: list[dict[str, Any] | None] = [
+                    {"hour": int(h), "usual_hours": _hours(int(m))}
+                    for h, m in zip(hour[off], mask[off], strict=True)]
                 parts.append((o_idx, np.full(len(o_idx), _TYPE_CODE[OFF_HOURS]), extra))
                 violating[o_idx] = True
             v_rows, v_hours, v_bytes = self.baseline.hourly_volume(
@@ -290,7 +287,7 @@ class Pipeline:
                 parts.append((s_idx, np.full(len(s_idx), _TYPE_CODE[VOLUME]), extra))
                 violating[s_idx] = True
 
-        for rows_idx, codes, extra in parts:
+        for rows_idx, codes, extras in parts:
             self.windows.add(
                 Candidates(
                     type_code=codes.astype(np.int64),
@@ -303,7 +300,7 @@ class Pipeline:
                     rejected=e.rejected[rows_idx],
                     client_ip=e.client_ip(rows_idx),
                     server_ip=e.server_ip(rows_idx),
-                    extra=extra if extra is not None else [None] * len(rows_idx),
+                    extra=extras if extras is not None else [None] * len(rows_idx),
                 )
             )
         return violating
@@ -413,7 +410,8 @@ class Pipeline:
         blocked = a.rejected == a.count
         if a.type == NEW_EDGE:
             clients = self._service_clients.get((a.server, a.port, a.proto), [])
-            expected = {"known_clients_of_service": [self.workloads.infos[c].key for c in clients]}
+            expected: dict[str, Any] = {
+                "known_clients_of_service": [self.workloads.infos[c].key for c in clients]}
             score = 60 + (15 if a.port in DATA_PORTS or a.port in ADMIN_PORTS else 0)
             score += 10 if outside else 0
             reason = f"{src} connected to {dst} on {port}, an edge never seen during the audit."

@@ -37,13 +37,19 @@ def to_workload(info: WorkloadInfo) -> Workload:
     return Workload(info.namespace, info.app, info.kind, selector)
 
 
-def _peer(info: WorkloadInfo, wid: int, internal_cidrs: tuple[str, ...]) -> Peer:
+def _peers(
+    info: WorkloadInfo, wid: int, internal_cidrs: tuple[str, ...], cidrs: dict[int, list[str]]
+) -> list[Peer]:
+    """Policy peers for a workload: pods by selector; VMs, services without pods and
+    external systems by the CIDRs the inventory gives them."""
     if wid == WORLD:
-        return Peer("world", cidr="0.0.0.0/0", except_cidrs=internal_cidrs)
+        return [Peer("world", cidr="0.0.0.0/0", except_cidrs=internal_cidrs)]
     if info.kind == "unknown" and info.app.startswith("unknown:"):
         ip = info.app.split(":", 1)[1]
-        return Peer("cidr", cidr=f"{ip}/{128 if ':' in ip else 32}")
-    return Peer("workload", workload=to_workload(info))
+        return [Peer("cidr", cidr=f"{ip}/{128 if ':' in ip else 32}")]
+    if info.kind not in ("pod", "service") and cidrs.get(wid):
+        return [Peer("cidr", workload=to_workload(info), cidr=c) for c in cidrs[wid]]
+    return [Peer("workload", workload=to_workload(info))]
 
 
 @dataclass(slots=True)
@@ -62,8 +68,13 @@ def derive_rules(
     *,
     audit_days: float,
     internal_cidrs: Iterable[str],
+    workload_cidrs: dict[int, list[str]] | None = None,
 ) -> list[CandidateRule]:
-    """Candidate rules for every learned edge, sorted by id (deterministic)."""
+    """Candidate rules for every learned edge, sorted by id (deterministic).
+
+    ``workload_cidrs`` maps non-pod workloads (VMs, external systems) to their address
+    blocks so rules towards them can be expressed as CIDR peers.
+    """
     n = len(baseline)
     if n == 0:
         return []
@@ -93,25 +104,27 @@ def derive_rules(
         if app_wid == WORLD:
             continue  # the outside world is not a workload we protect
         app = to_workload(workloads.infos[app_wid])
-        peer = _peer(workloads.infos[peer_wid], peer_wid, internal)
         ports = tuple(sorted(a.ports)) if pr in (6, 17, 132) else ()
         persistence = min(1.0, a.days / expect_days)
         volume = min(1.0, math.log10(1 + a.flows) / 3)
         confidence = round(0.6 * persistence + 0.4 * volume, 3)
-        peer_key = peer.workload.key if peer.workload else (peer.cidr or "world")
-        rid = stable_id("r", app.key, direction, peer.kind, peer_key, pr, ",".join(map(str, ports)))
-        rules.append(
-            CandidateRule(
-                id=rid,
-                app=app,
-                direction=direction,  # type: ignore[arg-type]
-                peer=peer,
-                proto=pr,
-                ports=ports,
-                evidence=Evidence(a.flows, a.bytes, a.first, a.last, a.days),
-                confidence=confidence,
+        for peer in _peers(workloads.infos[peer_wid], peer_wid, internal, workload_cidrs or {}):
+            peer_key = peer.cidr if peer.kind != "workload" or not peer.workload else (
+                peer.workload.key)
+            rid = stable_id("r", app.key, direction, peer.kind, peer_key, pr,
+                            ",".join(map(str, ports)))
+            rules.append(
+                CandidateRule(
+                    id=rid,
+                    app=app,
+                    direction=direction,  # type: ignore[arg-type]
+                    peer=peer,
+                    proto=pr,
+                    ports=ports,
+                    evidence=Evidence(a.flows, a.bytes, a.first, a.last, a.days),
+                    confidence=confidence,
+                )
             )
-        )
     rules.sort(key=lambda r: r.id)
     return rules
 

@@ -75,7 +75,7 @@ def dump_state(p: Pipeline) -> bytes:
     arrays["listeners.port"] = np.array([port for _, port in listeners], dtype=np.int32)
     arrays["meta"] = np.frombuffer(orjson.dumps(meta), dtype=np.uint8)
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
+    np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
     return buf.getvalue()
 
 

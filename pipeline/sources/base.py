@@ -63,7 +63,7 @@ def open_binary(path: Path) -> Iterator[bytes]:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}; check the path") from exc
     opener: Callable[..., object] = gzip.open if magic == b"\x1f\x8b" else open
     try:
-        with opener(path, "rb") as fh:  # type: ignore[operator]
+        with opener(path, "rb") as fh:  # type: ignore[operator,attr-defined]
             while True:
                 chunk = fh.read(BLOCK_BYTES)  # type: ignore[attr-defined]
                 if not chunk:

@@ -119,6 +119,7 @@ class CanonicalParser:
         for e in errors:
             where = f"{source}:{kept_numbers[e.row]}"
             rejects.append(Reject(e.reason, e.detail, kept_lines[e.row][:RAW_KEEP], where))
+        rejects.sort(key=lambda r: int(r.source.rsplit(":", 1)[1]))  # input order
         return ParseResult(flows, rejects, seen)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,11 +63,15 @@ class Migration:
 
 
 def schemas_dir() -> Path:
-    """``$SEGFLOW_SCHEMAS_DIR`` or the repository's ``schemas/`` directory."""
+    """``$SEGFLOW_SCHEMAS_DIR``, the repository's ``schemas/`` (source checkouts and editable
+    installs), or ``<prefix>/share/segflow/schemas`` (wheels install it there)."""
     override = os.environ.get(SCHEMAS_ENV)
     if override:
         return Path(override)
-    return Path(__file__).resolve().parents[2] / "schemas"
+    repo = Path(__file__).resolve().parents[2] / "schemas"
+    if repo.is_dir():
+        return repo
+    return Path(sys.prefix) / "share" / "segflow" / "schemas"
 
 
 def load_migrations(directory: Path | None = None) -> list[Migration]:

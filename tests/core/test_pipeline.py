@@ -108,6 +108,20 @@ def test_results_do_not_depend_on_batch_boundaries():
     assert len({v["id"] for v in v1}) == len(v1) == 3  # 12 flows over 3 hourly windows
 
 
+def test_late_flow_reopens_its_closed_window_with_a_cumulative_count():
+    core = Pipeline(CoreSettings(audit_days=4), make_inventory(INV))
+    core.process(flows_table(audit_traffic()))
+    first = core.process(flows_table([flow(AFTER, "10.0.0.4", "10.0.0.2", 50000, 5432)]))
+    assert first.violations == []  # the window is still open
+    closing = core.process(
+        flows_table([flow(AFTER + 6 * 3600, "10.0.0.1", "10.0.0.2", 40000, 5432)]))
+    late = core.process(flows_table([flow(AFTER + 60, "10.0.0.4", "10.0.0.2", 50001, 5432)]))
+    emitted = closing.violations + late.violations + core.flush().violations
+    assert [v["count"] for v in emitted] == [1, 2]
+    assert emitted[0]["id"] == emitted[1]["id"]
+    assert emitted[1]["version"] > emitted[0]["version"]
+
+
 def test_port_scan_during_audit_is_bounded_per_workload():
     scan = [flow(T0 + DAY + i, "10.0.0.4", "10.0.0.2", 50000, 1 + i) for i in range(3000)]
     settings = CoreSettings(audit_days=4, max_edges_per_workload=100)

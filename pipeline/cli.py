@@ -1,0 +1,228 @@
+"""``segflow`` command line: replay | generate | demo | migrate | worker.
+
+Every error a user can cause (wrong file, bad flag, unreachable server) ends as one line on
+stderr and exit status 2; set SEGFLOW_DEBUG=1 to see tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from pipeline.errors import ConfigError, SegflowError
+
+DEFAULT_STORE = "chdb://var/segflow"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, not a usage dump
+        raise ConfigError(f"{message} (see `{self.prog} --help`)")
+
+
+def _time_arg(text: str) -> float:
+    from pipeline.core.normalize import parse_time_text
+
+    t = parse_time_text(text)
+    if t is None:
+        raise argparse.ArgumentTypeError(f"'{text}' is not epoch seconds or an RFC 3339 time")
+    return t
+
+
+def _audit_days(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of days") from None
+    if not 0 < v <= 366:
+        raise argparse.ArgumentTypeError("audit days must be in (0, 366]; 30–90 is recommended")
+    return v
+
+
+def _core_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("baseline")
+    g.add_argument("--audit-days", type=_audit_days, default=30.0,
+                   help="length of the audit (learning) phase in event-time days (default 30)")
+    g.add_argument("--audit-start", type=_time_arg, default=None,
+                   help="audit start, epoch s or RFC 3339 (default: the first flow's time)")
+    g.add_argument("--suppress", type=float, default=3600.0, metavar="SECONDS",
+                   help="one violation per edge per window of this many seconds (default 3600)")
+    g.add_argument("--scan-threshold", type=int, default=20,
+                   help="new targets from one workload within a window that make a scan")
+    g.add_argument("--internal-cidrs", default=None,
+                   help="comma-separated internal ranges (default RFC 1918, CGNAT, ULA)")
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from pipeline.core.inventory import DEFAULT_INTERNAL_CIDRS
+    from pipeline.core.pipeline import CoreSettings
+
+    cidrs = DEFAULT_INTERNAL_CIDRS
+    if args.internal_cidrs:
+        import ipaddress
+
+        cidrs = tuple(c.strip() for c in args.internal_cidrs.split(",") if c.strip())
+        for c in cidrs:
+            try:
+                ipaddress.ip_network(c, strict=False)
+            except ValueError:
+                raise ConfigError(f"--internal-cidrs: '{c}' is not a CIDR") from None
+    try:
+        return CoreSettings(
+            audit_days=args.audit_days,
+            audit_start=args.audit_start,
+            suppress_window=args.suppress,
+            scan_threshold=args.scan_threshold,
+            internal_cidrs=cidrs,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pipeline.sources import FORMATS
+
+    p = _Parser(prog="segflow", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    r = sub.add_parser("replay", help="replay flow files through the pipeline")
+    r.add_argument("files", nargs="+", type=Path, help="flow files (plain or .gz)")
+    r.add_argument("--inventory", type=Path, required=True, help="inventory JSONL/CSV")
+    r.add_argument("--format", default="auto", choices=["auto", *FORMATS],
+                   help="input format (default: detect)")
+    r.add_argument("--store", default=os.environ.get("SEGFLOW_STORE", DEFAULT_STORE),
+                   help="chdb://PATH or http(s)://user:pass@host:port/db (default %(default)s)")
+    r.add_argument("--no-store", action="store_true", help="do not write to ClickHouse")
+    r.add_argument("--violations", type=Path, help="write violation events (JSONL) here")
+    r.add_argument("--rules", type=Path, help="write candidate-rule events (JSONL) here")
+    r.add_argument("--policies", type=Path, help="write NetworkPolicy YAML into this folder")
+    r.add_argument("--dead-letter", type=Path, help="write rejected records (JSONL) here")
+    r.add_argument("--truth", type=Path, help="ground-truth file to score violations against")
+    r.add_argument("--save-baseline", type=Path, metavar="DIR",
+                   help="write the learned baseline + manifest here (e.g. models/prod-2026-01)")
+    _core_flags(r)
+
+    g = sub.add_parser("generate", help="write a seeded synthetic estate")
+    g.add_argument("--out", type=Path, required=True, help="output folder")
+    g.add_argument("--seed", type=int, default=7)
+    g.add_argument("--apps", type=int, default=12)
+    g.add_argument("--days", type=int, default=35)
+    g.add_argument("--audit-days", type=int, default=30)
+    g.add_argument("--flows-per-day", type=int, default=30_000)
+    g.add_argument("--no-attacks", action="store_true", help="benign traffic only")
+
+    d = sub.add_parser("demo", help="generate a small estate, replay it, show what was found")
+    d.add_argument("--out", type=Path, default=Path("var/demo"))
+    d.add_argument("--store", default=None, help="default: chdb://<out>/store")
+    d.add_argument("--seed", type=int, default=7)
+
+    m = sub.add_parser("migrate", help="apply ClickHouse migrations to a store")
+    m.add_argument("--store", default=os.environ.get("SEGFLOW_STORE", DEFAULT_STORE))
+
+    w = sub.add_parser("worker", help="run the Kafka streaming worker (faust)")
+    w.add_argument("--config", type=Path, help="config file (TOML/JSON); env vars override")
+    return p
+
+
+def _open_store(url: str | None) -> Any:
+    if url is None:
+        return None
+    from pipeline.storage import open_store
+
+    return open_store(url, migrate=True)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from pipeline.core.inventory import load_inventory
+    from pipeline.replay import replay
+    from pipeline.report import print_replay_summary
+
+    settings = _settings(args)
+    inventory = load_inventory(args.inventory, internal_cidrs=settings.internal_cidrs)
+    store = None if args.no_store else _open_store(args.store)
+    try:
+        summary = replay(
+            args.files, inventory, settings, fmt=args.format, store=store,
+            violations_path=args.violations, rules_path=args.rules,
+            dead_letter_path=args.dead_letter, policies_dir=args.policies,
+            baseline_dir=args.save_baseline,
+            progress=sys.stderr.isatty(),
+        )
+    finally:
+        if store is not None:
+            store.close()
+    truth = None
+    if args.truth:
+        from pipeline.evaluate import load_truth
+
+        truth = load_truth(args.truth)
+    print_replay_summary(summary, store_url=None if args.no_store else args.store, truth=truth,
+                         outputs={"violations": args.violations, "rules": args.rules,
+                                  "policies": args.policies, "dead letters": args.dead_letter,
+                                  "baseline": args.save_baseline})
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from pipeline.generate import GenerateConfig, write_estate
+
+    cfg = GenerateConfig(seed=args.seed, apps=args.apps, days=args.days,
+                         audit_days=args.audit_days, flows_per_day=args.flows_per_day,
+                         attacks=not args.no_attacks)
+    s = write_estate(cfg, args.out)
+    print(f"wrote {args.out}: {s.flows:,} flows ({s.rejected:,} rejected), "
+          f"{s.inventory_entries} inventory entries, {s.episodes} truth episodes "
+          f"({s.attacks} attacks, {s.ip_reuses} IP reuses)")
+    print(f"  replay it: segflow replay {s.flows_path} --inventory {s.inventory_path} "
+          f"--audit-days {cfg.audit_days} --truth {s.truth_path}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pipeline.demo import run_demo
+
+    return run_demo(args.out, args.store, args.seed)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from pipeline.storage import open_store
+
+    with open_store(args.store) as store:
+        applied = store.migrate()
+    print(f"{args.store}: applied {len(applied)} migration(s) {' '.join(applied)}".rstrip())
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    try:
+        from pipeline.stream.worker import run_worker
+    except ImportError as exc:
+        raise ConfigError(f"the streaming worker is not available: {exc}") from exc
+    return run_worker(args.config)
+
+
+COMMANDS = {"replay": cmd_replay, "generate": cmd_generate, "demo": cmd_demo,
+            "migrate": cmd_migrate, "worker": cmd_worker}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except SegflowError as exc:
+        if os.environ.get("SEGFLOW_DEBUG"):
+            raise
+        print(f"segflow: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("segflow: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

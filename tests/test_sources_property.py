@@ -1,0 +1,176 @@
+"""Property tests: no parser raises on any input, and no parser emits an out-of-range value."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline.core.columns import FLOW_SCHEMA, NO_TCP_FLAGS
+from pipeline.core.normalize import MAX_EPOCH, MIN_EPOCH, canonical_ip
+from pipeline.sources import FORMATS, get_parser
+from pipeline.sources.base import RAW_KEEP, ParseResult
+
+FIX = Path(__file__).parent / "fixtures" / "sources"
+SAMPLES = {
+    "aws-vpc": ["aws/v5-header.log", "aws/tgw-default.log"],
+    "gcp-vpc": ["gcp/vpc-flows.jsonl"],
+    "azure-nsg": ["azure/nsg-v2.json"],
+    "azure-vnet": ["azure/vnet-v4.json"],
+    "hubble": ["hubble/basic-sample-10-flows.json"],
+    "goflow2": ["goflow/goflow2-snake.json"],
+    "zeek": ["zeek/scripts.base.protocols.ssh.basic.conn.log", "zeek/conn.json"],
+    "suricata": ["suricata/eve.json"],
+}
+PARSED = [f for f in FORMATS if f != "canonical"]
+FEW = settings(max_examples=100, deadline=None, derandomize=True,
+               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+def _sample(fmt: str, i: int = 0) -> bytes:
+    path = FIX / SAMPLES[fmt][i % len(SAMPLES[fmt])]
+    data = path.read_bytes()
+    return gzip.decompress(data) if path.suffix == ".gz" else data
+
+
+def assert_sane(res: ParseResult) -> None:
+    """The invariants every parser promises, whatever its input."""
+    t = res.flows
+    assert t.schema == FLOW_SCHEMA
+    assert res.records_in == t.num_rows + len(res.rejects)
+    for r in res.rejects:
+        assert r.reason and r.detail and len(r.raw) <= RAW_KEEP
+    d = t.to_pydict()
+    for i in range(t.num_rows):
+        assert MIN_EPOCH <= d["start"][i] <= d["end"][i] < MAX_EPOCH
+        assert 0 <= d["src_port"][i] <= 65535 and 0 <= d["dst_port"][i] <= 65535
+        assert 0 <= d["proto"][i] <= 255
+        assert d["bytes"][i] >= 0 and d["packets"][i] >= 0
+        assert d["action"][i] in (0, 1, 2)
+        assert NO_TCP_FLAGS <= d["tcp_flags"][i] <= 0x1FF
+        for side in ("src_ip", "dst_ip"):
+            assert canonical_ip(d[side][i]) == d[side][i]
+        for col in ("meta", "src_labels", "dst_labels"):
+            v = d[col][i]
+            assert v is None or isinstance(orjson.loads(v), dict)
+
+
+def parse(fmt: str, data: bytes) -> ParseResult:
+    res = get_parser(fmt).parse(data, "p", 1)
+    assert_sane(res)
+    return res
+
+
+@pytest.mark.parametrize("fmt", PARSED)
+@FEW
+@given(data=st.binary(max_size=600))
+def test_random_bytes_never_crash(fmt: str, data: bytes) -> None:
+    parse(fmt, data)
+
+
+@pytest.mark.parametrize("fmt", PARSED)
+@FEW
+@given(cut=st.integers(min_value=0, max_value=1 << 20), which=st.integers(0, 1),
+       drop=st.integers(min_value=0, max_value=50))
+def test_truncated_and_spliced_valid_input(fmt: str, cut: int, which: int, drop: int) -> None:
+    data = _sample(fmt, which)
+    cut %= len(data) + 1
+    parse(fmt, data[:cut])
+    if fmt.startswith("azure"):
+        return
+    lines = data.split(b"\n")
+    if drop < len(lines):  # a line missing in the middle, the rest shifted
+        parse(fmt, b"\n".join(lines[:drop] + lines[drop + 1 :]))
+
+
+# random field values: any JSON scalar, including ones that are far out of range
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
+    st.sampled_from(["10.0.0.1", "fd00::1", "::ffff:10.1.2.3", "1700000000", "-1", "65536",
+                     "TCP", "udp", "2024-01-01T00:00:00Z", "1e300", "nan", "0x1b", "1b", "-"]),
+)
+values = st.one_of(scalars, st.lists(scalars, max_size=3),
+                   st.dictionaries(st.sampled_from(["a", "name", "SYN"]), scalars, max_size=2))
+
+
+def _mutate(obj: Any, draw: st.DrawFn, depth: int = 0) -> Any:
+    """Replace some leaves of a decoded record with random values."""
+    if isinstance(obj, dict):
+        return {k: (draw(values) if draw(st.integers(0, 3)) == 0 else _mutate(v, draw, depth + 1))
+                for k, v in obj.items()}
+    if isinstance(obj, list) and depth < 6:
+        return [_mutate(v, draw, depth + 1) for v in obj]
+    return obj
+
+
+@st.composite
+def mutated_json_lines(draw: st.DrawFn, fmt: str) -> bytes:
+    lines = [ln for ln in _sample(fmt, draw(st.integers(0, 1))).split(b"\n") if ln.strip()]
+    picked = draw(st.lists(st.sampled_from(lines), min_size=1, max_size=4))
+    return b"\n".join(orjson.dumps(_mutate(orjson.loads(ln), draw)) for ln in picked)
+
+
+@pytest.mark.parametrize("fmt", ["gcp-vpc", "hubble", "goflow2", "suricata"])
+@FEW
+@given(data=st.data())
+def test_random_field_values_json_lines(fmt: str, data: st.DataObject) -> None:
+    parse(fmt, data.draw(mutated_json_lines(fmt)))
+
+
+@FEW
+@given(data=st.data())
+def test_random_field_values_zeek_json(data: st.DataObject) -> None:
+    lines = (FIX / "zeek/conn.json").read_bytes().split(b"\n")
+    picked = data.draw(st.lists(st.sampled_from([ln for ln in lines if ln]), min_size=1,
+                                max_size=4))
+    block = b"\n".join(orjson.dumps(_mutate(orjson.loads(ln), data.draw)) for ln in picked)
+    parse("zeek", block)
+
+
+@pytest.mark.parametrize("fmt", ["azure-nsg", "azure-vnet"])
+@FEW
+@given(data=st.data())
+def test_random_field_values_azure(fmt: str, data: st.DataObject) -> None:
+    doc = orjson.loads(_sample(fmt))
+    tokens = st.one_of(st.sampled_from(["", "-1", "T", "U", "A", "D", "B", "E", "99999999999999",
+                                        "10.0.0.1", "fd00::2", "1700000000", "1700000000000",
+                                        "x", "1e3", "O", "I"]), st.text(max_size=6))
+    for rec in doc["records"]:
+        groups = (rec["flowRecords"]["flows"][0]["flowGroups"] if "flowRecords" in rec
+                  else rec["properties"]["flows"][0]["flows"])
+        count = data.draw(st.integers(1, 13))
+        groups[0]["flowTuples"] = [",".join(data.draw(st.lists(tokens, min_size=count,
+                                                               max_size=count)))
+                                   for _ in range(data.draw(st.integers(1, 3)))]
+    parse(fmt, orjson.dumps(_mutate(doc, data.draw)))
+
+
+TEXT_TOKENS = st.one_of(
+    st.sampled_from(["-", "(empty)", "0", "-5", "65536", "99999999999999999999", "1.5", "nan",
+                     "10.0.0.1", "fd00::1", "300.1.1.1", "1700000000", "4102444800", "tcp",
+                     "icmp", "ACCEPT", "REJECT", "OK", "NODATA", "SF", "S0", "REJ", "ShADadFf",
+                     "XXXXXXXXXX.XXXXXX"]),
+    st.text(alphabet=st.characters(blacklist_characters="\n\r\t "), max_size=8),
+)
+
+
+@FEW
+@given(rows=st.lists(st.lists(TEXT_TOKENS, min_size=14, max_size=14), min_size=1, max_size=5),
+       extra=st.integers(-1, 1))
+def test_random_field_values_aws(rows: list[list[str]], extra: int) -> None:
+    lines = [" ".join(r + ["x"] * extra if extra > 0 else r[: len(r) + extra]) for r in rows]
+    parse("aws-vpc", "\n".join(lines).encode("utf-8", "surrogatepass"))  # may be invalid UTF-8
+
+
+@FEW
+@given(rows=st.lists(st.lists(TEXT_TOKENS, min_size=22, max_size=22), min_size=1, max_size=5))
+def test_random_field_values_zeek_tsv(rows: list[list[str]]) -> None:
+    header = b"\n".join(_sample("zeek").split(b"\n")[:9])
+    body = "\n".join("\t".join(r) for r in rows).encode("utf-8", "surrogatepass")
+    parse("zeek", header + b"\n" + body)
