@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--inventory", type=Path, required=True, help="inventory JSONL/CSV")
     r.add_argument("--format", default="auto", choices=["auto", *FORMATS],
                    help="input format (default: detect)")
+    r.add_argument("--fields", help="field list for headerless AWS custom formats or Zeek TSV, "
+                   "space-separated, e.g. 'version srcaddr dstaddr ...'")
     r.add_argument("--store", default=os.environ.get("SEGFLOW_STORE", DEFAULT_STORE),
                    help="chdb://PATH or http(s)://user:pass@host:port/db (default %(default)s)")
     r.add_argument("--no-store", action="store_true", help="do not write to ClickHouse")
@@ -145,7 +147,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     store = None if args.no_store else _open_store(args.store)
     try:
         summary = replay(
-            args.files, inventory, settings, fmt=args.format, store=store,
+            args.files, inventory, settings, fmt=args.format,
+            format_options={"fields": args.fields} if args.fields else None, store=store,
             violations_path=args.violations, rules_path=args.rules,
             dead_letter_path=args.dead_letter, policies_dir=args.policies,
             baseline_dir=args.save_baseline,
@@ -209,6 +212,10 @@ COMMANDS = {"replay": cmd_replay, "generate": cmd_generate, "demo": cmd_demo,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import logging
+
+    # drivers log their own copy of errors we already report in one line
+    logging.getLogger("clickhouse_connect").setLevel(logging.CRITICAL)
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)

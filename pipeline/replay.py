@@ -49,6 +49,8 @@ class ReplaySummary:
     audit_end: float | None = None
     policy_files: list[Path] = field(default_factory=list)
     saturated_workloads: int = 0
+    late_audit_flows: int = 0  # audit-phase flows that arrived after the audit had ended
+    blocked_external_flows: int = 0
     policy_skipped: int = 0
 
     @property
@@ -105,6 +107,7 @@ def replay(
     settings: CoreSettings,
     *,
     fmt: str = "auto",
+    format_options: dict[str, Any] | None = None,
     store: Any = None,
     violations_path: Path | None = None,
     rules_path: Path | None = None,
@@ -165,7 +168,7 @@ def replay(
     try:
         for path in paths:
             name = resolve_format(path, fmt)
-            parser = get_parser(name)
+            parser = get_parser(name, **(format_options or {}))
             source_id = str(path.resolve())
             for block, result in enumerate(parse_file(path, parser)):
                 summary.records += result.records_in
@@ -186,6 +189,8 @@ def replay(
     summary.seconds = time.perf_counter() - t0
     summary.audit_flows = core.counts["audit_flows"]
     summary.enforce_flows = core.counts["enforce_flows"]
+    summary.late_audit_flows = core.counts["late_audit_flows"]
+    summary.blocked_external_flows = core.counts["blocked_external_flows"]
     summary.edges = len(core.baseline)
     summary.workloads = len(core.workloads)
     summary.audit_start = core.audit_start

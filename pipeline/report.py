@@ -38,7 +38,12 @@ def print_replay_summary(
     print(_line("learned", f"{s.workloads:,} workloads, {s.edges:,} edges"
                            + (f", {s.saturated_workloads} workload(s) hit the edge bound"
                               if s.saturated_workloads else "")))
-    print(_line("after audit", f"{s.enforce_flows:,} flows checked"))
+    print(_line("after audit", f"{s.enforce_flows:,} flows checked"
+                + (f", {s.blocked_external_flows:,} rejected internet flows not alerted"
+                   if s.blocked_external_flows else "")))
+    if s.late_audit_flows:
+        print(_line("WARNING", f"{s.late_audit_flows:,} audit-phase flows arrived after the audit "
+                               "ended and were not learned: pass files in time order"))
     by_type = Counter(v["type"] for v in s.violations)
     by_sev = Counter(v["severity"]["label"] for v in s.violations)
     print(_line("violations", f"{len(s.violations):,}"

@@ -253,8 +253,15 @@ class Pipeline:
             k_idx, k_rows = idx[known], rows[known]
             mask = self.baseline.hour_mask_[k_rows]
             hour = (e.start[k_idx] // HOUR).astype(np.int64) % 24
-            trusted = (popcount24(mask) <= self.settings.off_hours_max_active) & (
-                self.baseline.days_[k_rows] >= self.settings.off_hours_min_days
+            active = popcount24(mask)
+            # hours a uniform spread of the edge's audit flows would have covered: an hour
+            # pattern is only evidence when the edge used far fewer hours than that
+            flows = self.baseline.flows_[k_rows].astype(np.float64)
+            uniform_hours = 24.0 * (1.0 - (23.0 / 24.0) ** flows)
+            trusted = (
+                (active <= self.settings.off_hours_max_active)
+                & (self.baseline.days_[k_rows] >= self.settings.off_hours_min_days)
+                & (active <= uniform_hours / 2)
             )
             off = trusted & (((dilate24(mask) >> hour) & 1) == 0)
             if off.any():

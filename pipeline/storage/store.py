@@ -117,10 +117,16 @@ def call_with_retry(
             attempt += 1
 
 
+_ERRNO = re.compile(r"\[Errno -?\d+\] ([^\"')]+)")
+
+
 def _short(exc: BaseException) -> str:
     """The first line of a driver message, without the server version trailer."""
     text = str(exc).strip() or type(exc).__name__
     text = text.splitlines()[0]
+    errno = _ERRNO.search(text)  # socket errors: keep the OS reason, not the urllib3 story
+    if errno:
+        return errno.group(1).strip().lower()
     text = _VERSION_TRAILER.sub("", text)
     return text if len(text) <= 300 else text[:297] + "..."
 
