@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     r = sub.add_parser("replay", help="replay flow files through the pipeline")
-    r.add_argument("files", nargs="+", type=Path, help="flow files (plain or .gz)")
+    r.add_argument("files", nargs="+", type=Path,
+                   help="flow files (plain or .gz) or folders of them, replayed in order")
     r.add_argument("--inventory", type=Path, required=True, help="inventory JSONL/CSV")
     r.add_argument("--format", default="auto", choices=["auto", *FORMATS],
                    help="input format (default: detect)")

@@ -85,6 +85,23 @@ class Progress:
             sys.stderr.write("\n")
 
 
+def expand_inputs(paths: Iterable[Path]) -> list[Path]:
+    """Files as given; a directory stands for its files (sorted by name, hidden ones skipped)."""
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.is_file()
+                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
+            if not files:
+                raise InputError(f"{p}: the directory has no files")
+            out.extend(files)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise InputError(f"{p}: no such file; check the path")
+    return out
+
+
 def resolve_format(path: Path, fmt: str) -> str:
     """The format to parse ``path`` with: as given, or detected from its first bytes."""
     if fmt != "auto":
@@ -118,10 +135,7 @@ def replay(
     on_batch: Callable[[BatchOutput], None] | None = None,
 ) -> ReplaySummary:
     """Replay flow files through the core; write to the store and the requested files."""
-    paths = list(paths)
-    for p in paths:
-        if not p.is_file():
-            raise InputError(f"{p}: no such file; check the path")
+    paths = expand_inputs(paths)
     summary = ReplaySummary(files=len(paths))
     core = Pipeline(settings, inventory)
     bar = Progress(progress)
