@@ -108,14 +108,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the learned baseline + manifest here (e.g. models/prod-2026-01)")
     _core_flags(r)
 
-    g = sub.add_parser("generate", help="write a seeded synthetic estate")
-    g.add_argument("--out", type=Path, required=True, help="output folder")
+    g = sub.add_parser("generate", help="write a seeded synthetic estate (or stream it to Kafka)")
+    g.add_argument("--out", type=Path, help="output folder (required unless --to-kafka)")
     g.add_argument("--seed", type=int, default=7)
     g.add_argument("--apps", type=int, default=12)
     g.add_argument("--days", type=int, default=35)
     g.add_argument("--audit-days", type=int, default=30)
     g.add_argument("--flows-per-day", type=int, default=30_000)
     g.add_argument("--no-attacks", action="store_true", help="benign traffic only")
+    k = g.add_argument_group("kafka")
+    k.add_argument("--to-kafka", metavar="BOOTSTRAP",
+                   help="produce the flows to this broker instead of writing files")
+    k.add_argument("--topic", default="segflow-flows-raw", help="raw topic (default %(default)s)")
+    k.add_argument("--inventory-topic", default="segflow-inventory",
+                   help="publish the inventory here first; '' to skip (default %(default)s)")
+    k.add_argument("--per-message", type=int, default=1, metavar="K",
+                   help="records per Kafka message, NDJSON when > 1 (default 1)")
+    pace = k.add_mutually_exclusive_group()
+    pace.add_argument("--rate", type=float, metavar="N", help="flows per second")
+    pace.add_argument("--fast", action="store_true", help="as fast as possible (default)")
 
     d = sub.add_parser("demo", help="generate a small estate, replay it, show what was found")
     d.add_argument("--out", type=Path, default=Path("var/demo"))
@@ -176,12 +187,29 @@ def cmd_generate(args: argparse.Namespace) -> int:
     cfg = GenerateConfig(seed=args.seed, apps=args.apps, days=args.days,
                          audit_days=args.audit_days, flows_per_day=args.flows_per_day,
                          attacks=not args.no_attacks)
+    if args.to_kafka:
+        return _generate_to_kafka(cfg, args)
+    if args.out is None:
+        raise ConfigError("generate needs --out or --to-kafka (see `segflow generate --help`)")
     s = write_estate(cfg, args.out)
     print(f"wrote {args.out}: {s.flows:,} flows ({s.rejected:,} rejected), "
           f"{s.inventory_entries} inventory entries, {s.episodes} truth episodes "
           f"({s.attacks} attacks, {s.ip_reuses} IP reuses)")
     print(f"  replay it: segflow replay {s.flows_path} --inventory {s.inventory_path} "
           f"--audit-days {cfg.audit_days} --truth {s.truth_path}")
+    return 0
+
+
+def _generate_to_kafka(cfg: Any, args: argparse.Namespace) -> int:
+    from pipeline.config import KafkaSettings
+    from pipeline.stream.producer import produce_estate
+
+    s = produce_estate(cfg, KafkaSettings(bootstrap=args.to_kafka), args.topic,
+                       per_message=args.per_message, rate=args.rate,
+                       inventory_topic=args.inventory_topic or None)
+    print(f"produced {s.flows:,} flows in {s.messages:,} messages to {args.topic} on "
+          f"{args.to_kafka} ({s.flows_per_second:,.0f} flows/s); "
+          f"{s.inventory_entries} inventory entries to {args.inventory_topic or '-'}")
     return 0
 
 

@@ -277,20 +277,18 @@ class Pipeline:
             if len(v_rows):
                 # one representative flow per (edge, hour) over threshold
                 flow_hour = (e.start[k_idx] // HOUR).astype(np.int64)
-                hits = {(int(r), int(h)): float(b) for r, h, b in zip(v_rows, v_hours, v_bytes,
-                                                                     strict=True)}
-                sel = np.fromiter(
-                    ((int(r), int(h)) in hits for r, h in zip(k_rows, flow_hour, strict=True)),
-                    dtype=bool, count=len(k_rows),
-                )
-                s_idx = k_idx[sel]
-                extra = []
-                for r, h in zip(k_rows[sel], flow_hour[sel], strict=True):
-                    extra.append({
-                        "hour_bytes": hits[(int(r), int(h))],
-                        "threshold_bytes": float(self.baseline.threshold_[r]),
-                        "median_hour_bytes": float(self.baseline.median_hour_bytes_[r]),
-                    })
+                hit_keys = (v_rows << 24) | (v_hours & 0xFFFFFF)
+                order = np.argsort(hit_keys)
+                hit_keys, hit_bytes = hit_keys[order], v_bytes[order]
+                flow_keys = (k_rows << 24) | (flow_hour & 0xFFFFFF)
+                sel = np.isin(flow_keys, hit_keys)
+                s_idx, s_rows = k_idx[sel], k_rows[sel]
+                s_bytes = hit_bytes[np.searchsorted(hit_keys, flow_keys[sel])]
+                extra = [
+                    {"hour_bytes": float(b), "threshold_bytes": float(self.baseline.threshold_[r]),
+                     "median_hour_bytes": float(self.baseline.median_hour_bytes_[r])}
+                    for r, b in zip(s_rows, s_bytes, strict=True)
+                ]
                 parts.append((s_idx, np.full(len(s_idx), _TYPE_CODE[VOLUME]), extra))
                 violating[s_idx] = True
 
