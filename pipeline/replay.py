@@ -7,6 +7,7 @@ doubles rows in the store. Event files are rewritten, not appended, for the same
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections import Counter
@@ -20,10 +21,11 @@ import pyarrow as pa
 from pipeline.core.columns import Reject
 from pipeline.core.inventory import Inventory
 from pipeline.core.pipeline import BatchOutput, CoreSettings, Pipeline
-from pipeline.errors import InputError
+from pipeline.errors import InputError, StorageError
 from pipeline.sinks import DeadLetterFile, JsonlWriter
 from pipeline.sources import detect_format, get_parser
 from pipeline.sources.base import open_binary, parse_file
+from pipeline.storage.background import BackgroundWriter
 
 STORE_ROWS = 200_000  # edge-minute rows buffered before one insert
 
@@ -142,14 +144,15 @@ def replay(
     t0 = time.perf_counter()
     pending: list[pa.Table] = []
     pending_rows = 0
+    writer = BackgroundWriter(store) if store is not None else None
     vio_out = JsonlWriter(violations_path) if violations_path else None
     rule_out = JsonlWriter(rules_path) if rules_path else None
     dead = DeadLetterFile(dead_letter_path) if dead_letter_path else None
 
     def flush_store() -> None:
         nonlocal pending, pending_rows
-        if store is not None and pending:
-            store.write_edge_minutes(pa.concat_tables(pending))
+        if writer is not None and pending:
+            writer.write_edge_minutes(pa.concat_tables(pending))
         pending, pending_rows = [], 0
 
     def take(out: BatchOutput) -> None:
@@ -166,10 +169,10 @@ def replay(
             vio_out.write(out.violations)
         if rule_out and out.rules:
             rule_out.write(out.rules)
-        if store is not None and out.violations:
-            store.write_violations(out.violations)
-        if store is not None and out.rules:
-            store.write_rules(out.rules)
+        if writer is not None and out.violations:
+            writer.write_violations(out.violations)
+        if writer is not None and out.rules:
+            writer.write_rules(out.rules)
         if on_batch:
             on_batch(out)
 
@@ -194,7 +197,13 @@ def replay(
                 bar.update(path.name, summary.records, len(summary.violations))
         take(core.flush())
         flush_store()
+        if writer is not None:
+            writer.close()  # all rows stored (or the first write error raised) before summary
+            writer = None
     finally:
+        if writer is not None:  # an input error stopped the replay: still finish queued writes
+            with contextlib.suppress(StorageError):
+                writer.close()
         bar.update("done", summary.records, len(summary.violations), force=True)
         bar.done()
         for w in (vio_out, rule_out, dead):
