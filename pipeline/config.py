@@ -77,7 +77,7 @@ class StreamSettings(BaseModel, frozen=True):
 
     poll_timeout_ms: int = Field(200, ge=1)  # ingest: wait this long for raw records
     max_messages: int = Field(20_000, ge=1)  # ingest: raw messages per batch at most
-    message_rows: int = Field(20_000, ge=1)  # flows per internal message at most
+    message_rows: int = Field(8_000, ge=1)  # flows per internal message (< 1 MiB)
     max_record_bytes: int = Field(1 << 20, ge=1024)  # longer raw records are dead-lettered
     snapshot_idle_seconds: float = Field(2.0, gt=0)  # snapshot a quiet partition this soon
     watermark_step: float = Field(60.0, ge=0)  # event-time seconds between idle broadcasts

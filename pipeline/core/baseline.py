@@ -293,11 +293,29 @@ class EdgeBaseline:
 
     def hourly_volume(
         self, rows: np.ndarray, start: np.ndarray, nbytes: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """After audit: accumulate flows on known edges; (rows, hour, bytes) over threshold."""
-        r, h, b = self._update_hours(rows, start, nbytes, learn=False)
-        over = b > self.threshold_[r]
-        return r[over], h[over], b[over]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """After audit: accumulate flows on known edges, in event-time order.
+
+        Returns (indices of the flows at or after which their edge's hourly bytes exceed its
+        threshold, the hour's cumulative bytes at each of them). Per flow, so the result does
+        not depend on where batch boundaries fall within the hour.
+        """
+        if not len(rows):
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        hour = (start // HOUR).astype(np.int64)
+        order = np.lexsort((start, hour, rows))
+        r, h, b = rows[order], hour[order], nbytes[order].astype(np.int64)
+        new_group = np.r_[True, (r[1:] != r[:-1]) | (h[1:] != h[:-1])]
+        heads = np.flatnonzero(new_group)
+        gid = np.cumsum(new_group) - 1
+        g_rows, g_hours = r[heads], h[heads]
+        base = np.where(self.cur_hour_[g_rows] == g_hours, self.cur_bytes_[g_rows], 0.0)
+        csum = np.cumsum(b)
+        before_group = csum[heads] - b[heads]
+        cum = base[gid] + (csum - before_group[gid])
+        over = cum > self.threshold_[r]
+        self._update_hours(rows, start, nbytes, learn=False)
+        return order[over], cum[over]
 
     # -- artifacts -----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -141,10 +141,14 @@ class ViolationWindows:
             agg.first = min(agg.first, float(first[gi]))
             agg.last = max(agg.last, float(last[gi]))
             members = order[bounds[gi] : bounds[gi + 1]]
-            for m in members[:SAMPLE]:
-                _add_sample(agg.client_ips, c.client_ip[m])
-                _add_sample(agg.server_ips, c.server_ip[m])
-                ex = c.extra[m]
+            # the first SAMPLE distinct addresses in flow order: the same whatever the batches
+            for ips, source in ((agg.client_ips, c.client_ip), (agg.server_ips, c.server_ip)):
+                for m in members:
+                    if len(ips) >= SAMPLE:
+                        break
+                    _add_sample(ips, source[m])
+            for m in members if c.extra[members[0]] is not None else ():
+                ex = c.extra[m]  # numeric evidence keeps its maximum over every flow
                 if ex:
                     for k, v in ex.items():
                         old = agg.extra.get(k)
@@ -185,7 +189,13 @@ class ViolationWindows:
     def _emit(self, keys: list[tuple[int, int, int, int, int, float]], limit: float) -> list[Agg]:
         out: list[Agg] = []
         scans: dict[tuple[int, float], Agg] = {}
-        for k in sorted(keys):
+        def stable(k: tuple[int, int, int, int, int, float]) -> tuple[Any, ...]:
+            # event-time and address order, never process-local workload ids, so every process
+            # folds scans and emits events in the same order
+            a = self.open[k]
+            return (k[5], k[0], a.first, k[3], k[4], a.server_ips[:1], a.client_ips[:1], a.last)
+
+        for k in sorted(keys, key=stable):
             agg = self.open.pop(k)
             self.recent[k] = agg
             if len(self.recent) > self.max_open:

@@ -271,19 +271,10 @@ class Pipeline:
                     for h, m in zip(hour[off], mask[off], strict=True)]
                 parts.append((o_idx, np.full(len(o_idx), _TYPE_CODE[OFF_HOURS]), extra))
                 violating[o_idx] = True
-            v_rows, v_hours, v_bytes = self.baseline.hourly_volume(
-                k_rows, e.start[k_idx], e.bytes[k_idx]
-            )
-            if len(v_rows):
-                # one representative flow per (edge, hour) over threshold
-                flow_hour = (e.start[k_idx] // HOUR).astype(np.int64)
-                hit_keys = (v_rows << 24) | (v_hours & 0xFFFFFF)
-                order = np.argsort(hit_keys)
-                hit_keys, hit_bytes = hit_keys[order], v_bytes[order]
-                flow_keys = (k_rows << 24) | (flow_hour & 0xFFFFFF)
-                sel = np.isin(flow_keys, hit_keys)
-                s_idx, s_rows = k_idx[sel], k_rows[sel]
-                s_bytes = hit_bytes[np.searchsorted(hit_keys, flow_keys[sel])]
+            over, cum = self.baseline.hourly_volume(k_rows, e.start[k_idx], e.bytes[k_idx])
+            if len(over):
+                # the flows from the one that crossed its edge's hourly threshold onwards
+                s_idx, s_rows, s_bytes = k_idx[over], k_rows[over], cum
                 extra = [
                     {"hour_bytes": float(b), "threshold_bytes": float(self.baseline.threshold_[r]),
                      "median_hour_bytes": float(self.baseline.median_hour_bytes_[r])}
@@ -365,7 +356,7 @@ class Pipeline:
         ci = infos[a.client]
         si = infos[a.server] if a.server >= 0 else None
         if a.type == SCAN:
-            servers = [infos[s].key for s in a.extra.get("servers", [])]
+            servers = sorted(infos[s].key for s in a.extra.get("servers", []))
             dst_key = servers[0] if len(servers) == 1 else "multiple"
             dst_ns = si.namespace if si else (infos[a.extra["servers"][0]].namespace
                                               if len(servers) == 1 else "")
@@ -432,6 +423,8 @@ class Pipeline:
             ports_seen = a.extra.get("ports", [])
             seen["distinct_targets"] = targets
             seen["ports"] = ports_seen[:32]
+            seen["dst_workloads"] = sorted(self.workloads.infos[s].key
+                                           for s in a.extra.get("servers", []))[:16]
             expected = {"max_new_targets_per_window": self.settings.scan_threshold}
             score = min(95, 70 + targets // 20)
             reason = (f"{src} tried {targets} new destination/port pairs within "

@@ -60,6 +60,7 @@ def dump_state(p: Pipeline) -> bytes:
         "windows": {
             "watermark": p.windows.watermark if np.isfinite(p.windows.watermark) else None,
             "open": [_agg_dict(a) for a in p.windows.open.values()],
+            "recent": [_agg_dict(a) for a in p.windows.recent.values()],
             "targets": [[k[0], k[1], sorted(v)] for k, v in p.windows.targets.items()],
         },
     }
@@ -121,6 +122,9 @@ def load_state(data: bytes, settings: CoreSettings, inventory: Inventory) -> Pip
     for d in w["open"]:
         a = Agg(**d)
         p.windows.open[a.key()] = a
+    for d in w.get("recent", []):
+        a = Agg(**d)
+        p.windows.recent[a.key()] = a
     for client, window, targets in w["targets"]:
         p.windows.targets[(int(client), float(window))] = {tuple(t) for t in targets}
     hi, lo, ports = arrays["listeners.hi"], arrays["listeners.lo"], arrays["listeners.port"]

@@ -99,13 +99,23 @@ def test_scan_folds_many_new_targets_into_one_event():
 
 def test_results_do_not_depend_on_batch_boundaries():
     recs = [*audit_traffic(),
-            *[flow(AFTER + i * 900, "10.0.0.4", "10.0.0.2", 50000 + i, 5432) for i in range(12)]]
+            *[flow(AFTER + i * 900, "10.0.0.4", "10.0.0.2", 50000 + i, 5432) for i in range(12)],
+            # an exfiltration hour: 40 x 1 MB, the threshold is crossed part-way through
+            *[flow(AFTER + 7200 + i * 60, "10.0.0.1", "10.0.0.2", 45000 + i, 5432,
+                   nbytes=1_000_000) for i in range(40)],
+            # a scan across two servers
+            *[flow(AFTER + 9000 + i, "10.0.0.4", ip, 50000, 2000 + i, action="reject")
+              for i in range(30) for ip in ("10.0.0.1", "10.0.0.3")]]
     _, v1, r1, m1 = run(recs, batches=1)
     _, v7, r7, m7 = run(recs, batches=7)
+    # the 12:00 window's new edge folds into the scan the same client runs in that window
+    assert sorted(v["type"] for v in v1) == ["new_edge"] * 2 + ["scan", "volume_spike"]
     assert v1 == v7
     assert sorted(r["id"] for r in r1) == sorted(r["id"] for r in r7)
     assert sum(m1.column("flows").to_pylist()) == sum(m7.column("flows").to_pylist())
-    assert len({v["id"] for v in v1}) == len(v1) == 3  # 12 flows over 3 hourly windows
+    assert len({v["id"] for v in v1}) == len(v1) == 4
+    spike = next(v for v in v1 if v["type"] == "volume_spike")
+    assert 0 < spike["count"] < 40  # only the flows from the crossing onwards
 
 
 def test_late_flow_reopens_its_closed_window_with_a_cumulative_count():

@@ -1,0 +1,197 @@
+"""Kafka client settings, the start-up reachability check, and the worker's topics.
+
+One place maps :class:`~pipeline.config.KafkaSettings` (security included) onto aiokafka,
+kafka-python and faust, and turns "no broker" or a mis-shaped topic into one-line
+:class:`~pipeline.errors.BrokerError` / :class:`~pipeline.errors.ConfigError` messages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+
+from pipeline.config import KafkaSettings, TopicSettings
+from pipeline.errors import BrokerError, ConfigError
+
+log = logging.getLogger(__name__)
+
+MiB = 1 << 20
+MAX_MESSAGE_BYTES = 16 * MiB  # internal topics accept messages up to this size
+SNAPSHOT_CHUNK_BYTES = 900 * 1024  # below any broker's default 1 MiB message limit
+
+
+def _ssl_context(k: KafkaSettings) -> ssl.SSLContext | None:
+    if not k.security_protocol.endswith("SSL"):
+        return None
+    ctx = ssl.create_default_context(cafile=k.ssl_cafile)
+    if k.ssl_certfile:
+        ctx.load_cert_chain(k.ssl_certfile, k.ssl_keyfile)
+    return ctx
+
+
+def aiokafka_kwargs(k: KafkaSettings) -> dict[str, Any]:
+    """Connection keyword arguments for aiokafka clients."""
+    kw: dict[str, Any] = {"bootstrap_servers": k.bootstrap, "client_id": k.client_id,
+                          "security_protocol": k.security_protocol}
+    if k.sasl_mechanism:
+        kw.update(sasl_mechanism=k.sasl_mechanism, sasl_plain_username=k.sasl_username,
+                  sasl_plain_password=k.sasl_password)
+    ctx = _ssl_context(k)
+    if ctx is not None:
+        kw["ssl_context"] = ctx
+    return kw
+
+
+def kafka_python_kwargs(k: KafkaSettings) -> dict[str, Any]:
+    """Connection keyword arguments for kafka-python clients."""
+    kw: dict[str, Any] = {"bootstrap_servers": k.bootstrap, "client_id": k.client_id,
+                          "security_protocol": k.security_protocol}
+    if k.sasl_mechanism:
+        kw.update(sasl_mechanism=k.sasl_mechanism, sasl_plain_username=k.sasl_username,
+                  sasl_plain_password=k.sasl_password)
+    if k.security_protocol.endswith("SSL"):
+        kw.update(ssl_cafile=k.ssl_cafile, ssl_certfile=k.ssl_certfile,
+                  ssl_keyfile=k.ssl_keyfile)
+    return kw
+
+
+def faust_credentials(k: KafkaSettings) -> Any:
+    """faust ``broker_credentials`` for the security settings (None for PLAINTEXT)."""
+    import faust
+
+    ctx = _ssl_context(k)
+    if k.sasl_mechanism:
+        return faust.SASLCredentials(username=k.sasl_username, password=k.sasl_password,
+                                     mechanism=k.sasl_mechanism, ssl_context=ctx)
+    return faust.SSLCredentials(ctx) if ctx is not None else None
+
+
+def unreachable(k: KafkaSettings) -> BrokerError:
+    return BrokerError(
+        f"cannot reach Kafka at {k.bootstrap} within {k.connect_timeout:g} s; is the broker "
+        "running? set SEGFLOW_KAFKA__BOOTSTRAP (or kafka.bootstrap in the config file)")
+
+
+def admin_client(k: KafkaSettings) -> KafkaAdminClient:
+    """A kafka-python admin client, or BrokerError when the broker does not answer in time."""
+    timeout_ms = int(k.connect_timeout * 1000)
+    try:
+        return KafkaAdminClient(**kafka_python_kwargs(k), request_timeout_ms=timeout_ms,
+                                bootstrap_timeout_ms=timeout_ms)
+    except (KafkaTimeoutError, OSError) as exc:
+        raise unreachable(k) from exc
+    except KafkaError as exc:
+        raise BrokerError(f"Kafka at {k.bootstrap} refused the connection: {exc}; check "
+                          "kafka.security_protocol and the credentials") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """A topic the worker needs, and how to create it when it is missing."""
+
+    name: str
+    partitions: int
+    configs: dict[str, str] = field(default_factory=dict)
+    exact_partitions: bool = False  # the worker's correctness depends on the count
+
+
+_COMPACT = {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1",
+            "segment.ms": str(10 * 60 * 1000)}
+
+
+def inventory_topic(name: str) -> TopicSpec:
+    """The compacted inventory topic (one partition: updates stay in order)."""
+    return TopicSpec(name, 1, dict(_COMPACT))
+
+
+def worker_topics(t: TopicSettings) -> list[TopicSpec]:
+    """Internal and output topics (raw topics belong to the collectors)."""
+    big = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
+    compact = _COMPACT
+    n = t.flows_partitions
+    return [
+        TopicSpec(t.flows, n, big, exact_partitions=True),
+        TopicSpec(t.state, n, {**compact, "max.message.bytes": str(2 * MiB)},
+                  exact_partitions=True),
+        inventory_topic(t.inventory),
+        TopicSpec(t.dead_letter, 1, {"max.message.bytes": str(2 * MiB)}),
+        TopicSpec(t.violations, n),
+        TopicSpec(t.candidate_rules, n),
+    ]
+
+
+def ensure_topics(k: KafkaSettings, specs: list[TopicSpec], raw: list[str]) -> dict[str, int]:
+    """Create missing topics; ConfigError when an existing one has the wrong partition count.
+    Returns the partition count of every topic that exists (raw topics included)."""
+    admin = admin_client(k)
+    try:
+        existing = _partition_counts(admin, [s.name for s in specs] + raw)
+        missing = [s for s in specs if s.name not in existing]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another worker was faster
+                admin.create_topics(
+                    [NewTopic(s.name, s.partitions, -1, topic_configs=s.configs) for s in missing],
+                    timeout_ms=int(k.connect_timeout * 1000))
+            _wait_for_leaders(admin, [s.name for s in missing], k.connect_timeout)
+        for s in specs:
+            have = existing.get(s.name)
+            if s.exact_partitions and have is not None and have != s.partitions:
+                raise ConfigError(
+                    f"topic {s.name} has {have} partitions but topics.flows_partitions is "
+                    f"{s.partitions}; set them equal (changing it re-keys all state)")
+        for name in raw:
+            if name not in existing:
+                log.warning("raw topic %s does not exist yet; waiting for collectors", name)
+        return {**existing, **{s.name: s.partitions for s in missing}}
+    except KafkaError as exc:
+        raise BrokerError(f"Kafka at {k.bootstrap} rejected a topic request: {exc}") from exc
+    finally:
+        admin.close()
+
+
+def _partition_counts(admin: KafkaAdminClient, names: list[str]) -> dict[str, int]:
+    listed = set(admin.list_topics())
+    out = {}
+    for meta in admin.describe_topics([n for n in names if n in listed]):
+        parts = meta.get("partitions") or []
+        if parts:
+            out[meta.get("name") or meta.get("topic")] = len(parts)
+    return out
+
+
+def _wait_for_leaders(admin: KafkaAdminClient, names: list[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        metas = admin.describe_topics(names)
+        ready = all(
+            m.get("partitions") and all(p.get("leader_id", p.get("leader", -1)) >= 0
+                                        for p in m["partitions"])
+            for m in metas)
+        if ready:
+            return
+        if time.monotonic() > deadline:
+            raise BrokerError(f"topics {', '.join(names)} have no leader after {timeout:g} s; "
+                              "check the broker's health")
+        time.sleep(0.1)
+
+
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "SNAPSHOT_CHUNK_BYTES",
+    "TopicSpec",
+    "admin_client",
+    "aiokafka_kwargs",
+    "ensure_topics",
+    "faust_credentials",
+    "inventory_topic",
+    "kafka_python_kwargs",
+    "unreachable",
+    "worker_topics",
+]

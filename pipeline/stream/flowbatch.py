@@ -1,0 +1,122 @@
+"""The internal ``flows`` topic's message: one Arrow IPC stream per (target partition, batch).
+
+Columns are :data:`~pipeline.core.columns.FLOW_SCHEMA` plus where each row came from
+(``raw_source`` = ``"topic/partition"``, dictionary-encoded, and ``raw_offset``), so the
+stateful stage can drop rows it already applied. Columns that are entirely null are left
+out on the wire and restored on decode. Schema metadata carries the ingest side's event-time
+progress: the newest flow start per raw partition (``wm``), raw partitions that are caught up
+and quiet (``idle``), each raw topic's partition count (``parts``) and the earliest start in
+the ingest batch (``first``, the default audit start). With them every internal partition —
+even one that receives no flows — advances its event-time watermark.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+import pyarrow as pa
+
+from pipeline.core.columns import FLOW_COLUMNS, FLOW_SCHEMA
+
+RAW_SOURCE = "raw_source"
+RAW_OFFSET = "raw_offset"
+_META_KEY = b"segflow"
+_FORMAT = 1
+
+
+@dataclass(slots=True)
+class FlowBatch:
+    """A decoded internal message."""
+
+    flows: pa.Table  # FLOW_SCHEMA
+    sources: list[str]  # raw "topic/partition" names; ``source_index`` points into it
+    source_index: np.ndarray  # int32 per row
+    offsets: np.ndarray  # int64 raw offset per row
+    watermarks: dict[str, float] = field(default_factory=dict)  # raw source → newest start
+    partitions: dict[str, int] = field(default_factory=dict)  # raw topic → partition count
+    idle: list[str] = field(default_factory=list)  # raw sources caught up and quiet
+    first: float | None = None  # earliest flow start of the ingest batch
+
+    @property
+    def num_rows(self) -> int:
+        return self.flows.num_rows
+
+
+def source_name(topic: str, partition: int) -> str:
+    return f"{topic}/{partition}"
+
+
+def encode(
+    flows: pa.Table,
+    sources: list[str],
+    source_index: np.ndarray,
+    offsets: np.ndarray,
+    *,
+    watermarks: dict[str, float],
+    partitions: dict[str, int],
+    idle: list[str] | None = None,
+    first: float | None = None,
+) -> bytes:
+    """Arrow IPC stream bytes for one message (``flows`` may be empty: a watermark only)."""
+    arrays: list[pa.Array | pa.ChunkedArray] = []
+    names: list[str] = []
+    for name in FLOW_COLUMNS:
+        col = flows.column(name)
+        if col.null_count == len(col) and FLOW_SCHEMA.field(name).nullable:
+            continue
+        arrays.append(col)
+        names.append(name)
+    arrays.append(pa.DictionaryArray.from_arrays(
+        pa.array(source_index, pa.int32()), pa.array(sources, pa.string())))
+    names.append(RAW_SOURCE)
+    arrays.append(pa.array(offsets, pa.int64()))
+    names.append(RAW_OFFSET)
+    meta = orjson.dumps({"v": _FORMAT, "wm": watermarks, "parts": partitions,
+                         "idle": idle or [], "first": first})
+    table = pa.Table.from_arrays(arrays, names=names).replace_schema_metadata({_META_KEY: meta})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def decode(data: bytes) -> FlowBatch:
+    """The :class:`FlowBatch` in ``data``; ValueError if it is not one."""
+    try:
+        table = pa.ipc.open_stream(data).read_all()
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ValueError(f"not a segflow flow batch: {exc}") from exc
+    meta_raw = (table.schema.metadata or {}).get(_META_KEY)
+    if meta_raw is None:
+        raise ValueError("not a segflow flow batch: no segflow metadata")
+    meta = orjson.loads(meta_raw)
+    if meta.get("v") != _FORMAT:
+        raise ValueError(f"unsupported flow batch format {meta.get('v')!r}")
+    n = table.num_rows
+    cols = []
+    for f in FLOW_SCHEMA:
+        if f.name in table.column_names:
+            cols.append(table.column(f.name))
+        else:
+            cols.append(pa.nulls(n, f.type))
+    flows = pa.Table.from_arrays(cols, schema=FLOW_SCHEMA)
+    src = table.column(RAW_SOURCE).combine_chunks()
+    if isinstance(src, pa.DictionaryArray):
+        sources = src.dictionary.to_pylist()
+        index = src.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+    else:  # an empty table may lose its dictionary
+        sources, index = [], np.zeros(0, dtype=np.int32)
+    offsets = table.column(RAW_OFFSET).to_numpy().astype(np.int64, copy=False)
+    first = meta.get("first")
+    return FlowBatch(
+        flows, sources, index, offsets,
+        watermarks={str(k): float(v) for k, v in meta.get("wm", {}).items()},
+        partitions={str(k): int(v) for k, v in meta.get("parts", {}).items()},
+        idle=[str(s) for s in meta.get("idle", [])],
+        first=None if first is None else float(first),
+    )
+
+
+__all__ = ["RAW_OFFSET", "RAW_SOURCE", "FlowBatch", "decode", "encode", "source_name"]

@@ -1,0 +1,342 @@
+"""Ingest stage: raw topics → parsed, client-routed Arrow batches on the internal ``flows`` topic.
+
+Collectors usually write one flow per Kafka message, and a per-message stream processor
+caps at ~18k messages/s per core, so raw topics are read by a plain aiokafka consumer
+(group ``<app_id>-ingest``) in ``getmany`` batches: each partition's message values are
+parsed as one block (:mod:`pipeline.stream.rawblock`), rejects go to the dead-letter topic,
+good rows keep their raw (topic, partition, offset), flows are routed by client workload
+(:mod:`pipeline.stream.routing`) and each target partition gets one Arrow message per batch
+(:mod:`pipeline.stream.flowbatch`). Raw offsets are committed only after every produced
+message is acknowledged; a crash in between re-sends rows the stateful stage then drops.
+
+The stage also reports event-time progress (newest flow start per raw partition, idle raw
+partitions) in every message, and to partitions that got no flows for a while, so that every
+internal partition can close its violation windows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from pipeline.config import WorkerSettings
+from pipeline.core.columns import empty_flows
+from pipeline.core.inventory import Inventory
+from pipeline.sources import get_parser
+from pipeline.sources.base import BlockParser
+from pipeline.stream.flowbatch import encode, source_name
+from pipeline.stream.metrics import Metrics
+from pipeline.stream.rawblock import RawReject, parse_messages
+from pipeline.stream.routing import Router
+
+log = logging.getLogger(__name__)
+
+IDLE_AFTER = 5.0  # seconds a caught-up raw partition must stay quiet to count as idle
+DEAD_LETTER_MAX = 1 << 20  # raw bytes kept in a dead-letter message
+IN_FLIGHT = 2  # batches sent but not yet acknowledged while the next one is prepared
+
+
+@dataclass(slots=True)
+class Prepared:
+    """One batch, ready to send: internal messages, dead letters, commit offsets."""
+
+    messages: list[tuple[int, bytes]] = field(default_factory=list)  # (partition, value)
+    dead: list[tuple[bytes, bytes, list[tuple[str, bytes]]]] = field(default_factory=list)
+    commit: dict[TopicPartition, int] = field(default_factory=dict)
+    records: int = 0
+    flows: int = 0
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, stage: IngestStage) -> None:
+        self.stage = stage
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        async with self.stage.lock:  # let the batches in flight finish and commit
+            await self.stage.drain()
+            self.stage.forget(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        now = time.monotonic()
+        for tp in assigned:
+            self.stage.last_data.setdefault(tp, now)
+
+
+class IngestStage:
+    """Batching ingest from the raw topics into the internal flows topic."""
+
+    def __init__(self, settings: WorkerSettings, *, client: dict[str, Any],
+                 producer: AIOKafkaProducer, inventory: Inventory,
+                 inventory_lock: threading.Lock, metrics: Metrics) -> None:
+        self.settings = settings
+        self.topics = settings.topics
+        self.stream = settings.stream
+        self.client = client
+        self.producer = producer
+        self.metrics = metrics
+        self.router = Router(inventory, settings.topics.flows_partitions)
+        self.parsers: dict[TopicPartition, BlockParser] = {}
+        self.watermarks: dict[str, float] = {}  # raw source → newest flow start sent
+        self.last_data: dict[TopicPartition, float] = {}
+        self.next_offset: dict[TopicPartition, int] = {}
+        self._sent: dict[int, tuple[float, frozenset[str]]] = {}  # partition → progress sent
+        self._inflight: deque[asyncio.Future[None]] = deque()
+        self._inventory_lock = inventory_lock
+        self._cpu = ThreadPoolExecutor(1, thread_name_prefix="segflow-ingest")
+        self._idle: list[str] = []  # raw sources caught up and quiet (refreshed on the loop)
+        self._parts: dict[str, int] = {}  # raw topic → partition count
+        self.lock = asyncio.Lock()
+        self.consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> None:
+        k = self.settings.kafka
+        self.consumer = AIOKafkaConsumer(
+            **self.client, group_id=f"{self.settings.app_id}-ingest",
+            enable_auto_commit=False, auto_offset_reset="earliest",
+            session_timeout_ms=int(k.session_timeout * 1000),
+            heartbeat_interval_ms=max(100, int(k.session_timeout * 1000) // 5),
+            max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20,
+            metadata_max_age_ms=30_000)
+        self.consumer.subscribe(list(self.topics.raw), listener=_Listener(self))
+        await self.consumer.start()
+
+    async def stop(self) -> None:
+        async with self.lock:
+            await self.drain()
+            if self.consumer is not None:
+                await self.consumer.stop()
+                self.consumer = None
+        self._cpu.shutdown(wait=True)
+
+    def forget(self, tps: list[TopicPartition]) -> None:
+        for tp in tps:
+            self.parsers.pop(tp, None)
+            self.watermarks.pop(source_name(tp.topic, tp.partition), None)
+            self.last_data.pop(tp, None)
+            self.next_offset.pop(tp, None)
+
+    async def run(self) -> None:
+        """Consume until cancelled."""
+        assert self.consumer is not None
+        while True:
+            batch = await self.consumer.getmany(timeout_ms=self.stream.poll_timeout_ms,
+                                                max_records=self.stream.max_messages)
+            async with self.lock:
+                if batch:
+                    await self.handle(batch)
+                else:
+                    await self.drain()
+                    self._refresh()
+                    await asyncio.gather(*await self._send(self.progress_only()))
+
+    async def handle(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        """Parse, route and send one ``getmany`` batch; its raw offsets are committed once
+        every message it produced is acknowledged (in batch order, up to ``IN_FLIGHT``
+        batches awaiting acknowledgement while the next ones are prepared)."""
+        t0 = time.perf_counter()
+        self._refresh()
+        prepared = await asyncio.get_running_loop().run_in_executor(
+            self._cpu, self._prepare_locked, batch)
+        futures = await self._send(prepared)
+        self._inflight.append(asyncio.ensure_future(
+            self._commit_when_acked(futures, prepared.commit)))
+        while len(self._inflight) > IN_FLIGHT or (self._inflight and self._inflight[0].done()):
+            await self._inflight.popleft()
+        self.metrics.batch_seconds.labels("ingest").observe(time.perf_counter() - t0)
+        self.metrics.batch_records.labels("ingest").observe(prepared.records)
+
+    async def drain(self) -> None:
+        """Wait until every batch sent so far is acknowledged and committed."""
+        while self._inflight:
+            await self._inflight.popleft()
+
+    async def _commit_when_acked(self, futures: list[asyncio.Future[Any]],
+                                 offsets: dict[TopicPartition, int]) -> None:
+        if futures:
+            await asyncio.gather(*futures)
+        if offsets and self.consumer is not None:
+            try:
+                await self.consumer.commit(offsets)
+            except (CommitFailedError, KafkaError) as exc:
+                # a rebalance took the partitions: the next owner re-sends, rows dedupe
+                log.warning("ingest commit failed (%s); the batch will be re-read", exc)
+
+    async def _send(self, prepared: Prepared) -> list[asyncio.Future[Any]]:
+        futures = []
+        for partition, value in prepared.messages:
+            futures.append(await self.producer.send(self.topics.flows, value=value,
+                                                    partition=partition))
+        for key, value, headers in prepared.dead:
+            futures.append(await self.producer.send(self.topics.dead_letter, value=value,
+                                                    key=key, headers=headers))
+        if prepared.messages:
+            self.metrics.records_out.labels(self.topics.flows).inc(prepared.flows)
+        if prepared.dead:
+            self.metrics.records_out.labels(self.topics.dead_letter).inc(len(prepared.dead))
+        return futures
+
+    # -- the CPU part (on the stage's own thread) ----------------------------------------
+    def _prepare_locked(self, batch: dict[TopicPartition, list[Any]]) -> Prepared:
+        with self._inventory_lock:
+            return self.prepare(batch)
+
+    def prepare(self, batch: dict[TopicPartition, list[Any]]) -> Prepared:
+        out = Prepared()
+        tables: list[pa.Table] = []
+        index: list[np.ndarray] = []
+        offsets: list[np.ndarray] = []
+        sources: list[str] = []
+        first: float | None = None
+        now = time.monotonic()
+        for tp, records in batch.items():
+            if not records:
+                continue
+            parser = self.parsers.get(tp)
+            if parser is None:
+                parser = self.parsers[tp] = get_parser(self.topics.raw[tp.topic])
+            parsed = parse_messages(parser, [r.value for r in records],
+                                    [r.offset for r in records],
+                                    max_record_bytes=self.stream.max_record_bytes)
+            out.records += parsed.records_in
+            out.commit[tp] = records[-1].offset + 1
+            self.next_offset[tp] = records[-1].offset + 1
+            self.last_data[tp] = now
+            self.metrics.records_in.labels(tp.topic).inc(parsed.records_in)
+            for rej in parsed.rejects:
+                out.dead.append(self._dead_letter(tp, rej))
+            n = parsed.flows.num_rows
+            if not n:
+                continue
+            src = source_name(tp.topic, tp.partition)
+            starts = parsed.flows.column("start")
+            newest = float(pc.max(starts).as_py())
+            oldest = float(pc.min(starts).as_py())
+            self.watermarks[src] = max(self.watermarks.get(src, newest), newest)
+            first = oldest if first is None else min(first, oldest)
+            index.append(np.full(n, len(sources), dtype=np.int32))
+            sources.append(src)
+            tables.append(parsed.flows)
+            offsets.append(parsed.offsets)
+        if not tables:
+            out.messages = self._progress(set(), force=False)
+            return out
+        flows = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+        src_idx = np.concatenate(index)
+        offs = np.concatenate(offsets)
+        routed = self.router.route(flows)
+        for (side, kind), count in routed.misses.items():
+            self.metrics.enrichment_misses.labels(side, kind).inc(count)
+        out.flows = flows.num_rows
+        order = np.argsort(routed.partition, kind="stable")
+        counts = np.bincount(routed.partition, minlength=self.router.partitions)
+        flows = flows.take(pa.array(order))
+        src_idx, offs = src_idx[order], offs[order]
+        meta = self._meta(first, frozenset(sources))
+        start = 0
+        for p, c in enumerate(counts.tolist()):
+            for lo, hi in _cuts(src_idx, offs, start, start + c, self.stream.message_rows):
+                out.messages.append((p, encode(flows.slice(lo, hi - lo), sources,
+                                               src_idx[lo:hi], offs[lo:hi], **meta)))
+            start += c
+        sent_to = {p for p, c in enumerate(counts.tolist()) if c}
+        for p in sent_to:
+            self._sent[p] = self._progress_key()
+        out.messages.extend(self._progress(sent_to, force=False, first=first))
+        return out
+
+    def _dead_letter(self, tp: TopicPartition, rej: RawReject
+                     ) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+        r = rej.reject
+        self.metrics.dead_letters.labels(r.reason).inc()
+        raw = rej.raw or r.raw
+        headers = [("segflow.reason", r.reason.encode()), ("segflow.detail", r.detail.encode()),
+                   ("segflow.topic", tp.topic.encode()),
+                   ("segflow.partition", str(tp.partition).encode()),
+                   ("segflow.offset", str(rej.offset).encode()),
+                   ("segflow.format", self.topics.raw[tp.topic].encode())]
+        if len(raw) > DEAD_LETTER_MAX:
+            headers.append(("segflow.truncated", str(len(raw)).encode()))
+            raw = raw[:DEAD_LETTER_MAX]
+        return f"{tp.topic}/{tp.partition}@{rej.offset}".encode(), raw, headers
+
+    # -- event-time progress -------------------------------------------------------------
+    def _refresh(self) -> None:
+        """Read the consumer's view (on the loop's thread): idle raw partitions — caught up
+        and quiet for ``IDLE_AFTER`` s — and each raw topic's partition count."""
+        if self.consumer is None:
+            return
+        now = time.monotonic()
+        idle = []
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            caught_up = high is not None and self.next_offset.get(tp, 0) >= high
+            if caught_up and now - self.last_data.get(tp, now) >= IDLE_AFTER:
+                idle.append(source_name(tp.topic, tp.partition))
+        self._idle = sorted(idle)
+        for topic in self.topics.raw:
+            parts = self.consumer.partitions_for_topic(topic)
+            if parts:
+                self._parts[topic] = len(parts)
+
+    def _meta(self, first: float | None, busy: frozenset[str] = frozenset()) -> dict[str, Any]:
+        return {"watermarks": dict(self.watermarks), "partitions": dict(self._parts),
+                "idle": [s for s in self._idle if s not in busy], "first": first}
+
+    def _progress_key(self) -> tuple[float, frozenset[str]]:
+        newest = max(self.watermarks.values(), default=float("-inf"))
+        return newest, frozenset(self._idle)
+
+    def _progress(self, skip: set[int], *, force: bool, first: float | None = None
+                  ) -> list[tuple[int, bytes]]:
+        """Progress-only messages for partitions that did not get flows in this batch."""
+        newest, idle = key = self._progress_key()
+        if newest == float("-inf") and not idle:
+            return []
+        empty: bytes | None = None
+        out = []
+        for p in range(self.router.partitions):
+            if p in skip:
+                continue
+            last = self._sent.get(p)
+            stale = last is None or newest - last[0] >= self.stream.watermark_step
+            changed = last is None or last != key
+            if stale or (force and changed):
+                if empty is None:
+                    empty = encode(empty_flows(), [], np.zeros(0, np.int32),
+                                   np.zeros(0, np.int64), **self._meta(first))
+                out.append((p, empty))
+                self._sent[p] = key
+        return out
+
+    def progress_only(self) -> Prepared:
+        """When the raw topics are quiet: tell every partition the latest event time."""
+        return Prepared(messages=self._progress(set(), force=True))
+
+
+def _cuts(src: np.ndarray, offs: np.ndarray, lo: int, hi: int, step: int
+          ) -> list[tuple[int, int]]:
+    """Split rows [lo, hi) into runs of about ``step`` rows, never inside one raw message
+    (the stateful stage treats a raw offset it has seen as fully applied)."""
+    out = []
+    while lo < hi:
+        cut = min(lo + step, hi)
+        while cut < hi and src[cut] == src[cut - 1] and offs[cut] == offs[cut - 1]:
+            cut += 1
+        out.append((lo, cut))
+        lo = cut
+    return out
+
+
+__all__ = ["IngestStage", "Prepared"]

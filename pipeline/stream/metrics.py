@@ -1,0 +1,65 @@
+"""Prometheus metrics of one worker (own registry, so tests can run several in a process).
+
+Served on ``metrics_port`` (``/metrics``); every name starts with ``segflow_``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+_BATCH_BUCKETS = (1, 10, 100, 1_000, 5_000, 20_000, 50_000, 100_000, 250_000, 1_000_000)
+_SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    """All of the worker's metrics."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry if registry is not None else CollectorRegistry()
+        self.records_in = Counter("segflow_records_in", "Records read, per topic",
+                                  ["topic"], registry=r)
+        self.records_out = Counter("segflow_records_out", "Records produced, per topic",
+                                   ["topic"], registry=r)
+        self.batch_records = Histogram("segflow_batch_records", "Records per batch, per stage",
+                                       ["stage"], buckets=_BATCH_BUCKETS, registry=r)
+        self.batch_seconds = Histogram("segflow_batch_seconds", "Processing time per batch",
+                                       ["stage"], buckets=_SECONDS_BUCKETS, registry=r)
+        self.lag = Gauge("segflow_consumer_lag", "Messages behind the partition's end",
+                         ["group", "topic", "partition"], registry=r)
+        self.dead_letters = Counter("segflow_dead_letter", "Rejected raw records, by reason",
+                                    ["reason"], registry=r)
+        self.violations = Counter("segflow_violations", "Violation events emitted",
+                                  ["type", "severity"], registry=r)
+        self.rules = Counter("segflow_candidate_rules", "Candidate-rule events emitted",
+                             registry=r)
+        self.enrichment_misses = Counter(
+            "segflow_enrichment_misses", "Flows whose client or server is world or unknown",
+            ["side", "kind"], registry=r)
+        self.duplicates = Counter("segflow_duplicate_rows_dropped",
+                                  "Rows dropped because their raw offset was already applied",
+                                  registry=r)
+        self.storage_errors = Counter("segflow_storage_errors",
+                                      "Store writes that failed (then retried)", registry=r)
+        self.storage_retries = Counter("segflow_storage_retries",
+                                       "Retries of store operations", ["op"], registry=r)
+        self.rows_stored = Counter("segflow_rows_stored", "Rows written to the store",
+                                   ["table"], registry=r)
+        self.snapshots_written = Counter("segflow_snapshots_written",
+                                         "Partition snapshots written", registry=r)
+        self.snapshots_restored = Counter("segflow_snapshots_restored",
+                                          "Partition snapshots restored", registry=r)
+        self.snapshot_bytes = Gauge("segflow_snapshot_bytes", "Size of the last snapshot",
+                                    ["partition"], registry=r)
+        self.partitions = Gauge("segflow_partitions_owned", "Internal partitions this worker owns",
+                                registry=r)
+        self.offset_gaps = Counter("segflow_flows_offset_gaps",
+                                   "Internal messages that could not be read (retention)",
+                                   registry=r)
+
+    def serve(self, port: int) -> None:
+        """Start the /metrics HTTP server (a daemon thread); port 0 does nothing."""
+        if port:
+            start_http_server(port, registry=self.registry)
+
+
+__all__ = ["Metrics"]

@@ -1,0 +1,73 @@
+"""Violation and candidate-rule events on Kafka, and how a consumer reads them.
+
+Events are orjson-encoded JSON, keyed by app (violation: ``src_workload``; rule: ``app``) so
+one app's events stay in order on one partition. Delivery is at-least-once: after a restart
+a worker may emit an event again — always with the same deterministic ``id`` — and a later
+event for the same finding carries a higher ``version``. Consumers therefore keep, per
+``id``, the event with the highest ``version`` (:func:`latest_by_id`); ClickHouse's
+ReplacingMergeTree tables do the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from pipeline.config import TopicSettings
+from pipeline.stream.metrics import Metrics
+
+
+def latest_by_id(events: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Deduplicate events: per id, the one with the highest version (later wins ties).
+
+    >>> latest_by_id([{"id": "v-1", "version": 2}, {"id": "v-1", "version": 1}])
+    {'v-1': {'id': 'v-1', 'version': 2}}
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for e in events:
+        old = out.get(e["id"])
+        if old is None or e["version"] >= old["version"]:
+            out[e["id"]] = e
+    return out
+
+
+class EventPublisher:
+    """Produces events and remembers their delivery futures until :meth:`flush`."""
+
+    def __init__(self, producer: AIOKafkaProducer, topics: TopicSettings,
+                 metrics: Metrics) -> None:
+        self.producer = producer
+        self.topics = topics
+        self.metrics = metrics
+        self._futures: list[asyncio.Future[Any]] = []
+
+    async def publish(self, violations: list[dict[str, Any]],
+                      rules: list[dict[str, Any]]) -> None:
+        for v in violations:
+            self._futures.append(await self.producer.send(
+                self.topics.violations, value=orjson.dumps(v),
+                key=str(v.get("src_workload", "")).encode()))
+            self.metrics.violations.labels(v.get("type", ""),
+                                           v.get("severity", {}).get("label", "")).inc()
+        for r in rules:
+            self._futures.append(await self.producer.send(
+                self.topics.candidate_rules, value=orjson.dumps(r),
+                key=str(r.get("app", "")).encode()))
+        if violations:
+            self.metrics.records_out.labels(self.topics.violations).inc(len(violations))
+        if rules:
+            self.metrics.records_out.labels(self.topics.candidate_rules).inc(len(rules))
+            self.metrics.rules.inc(len(rules))
+
+    async def flush(self) -> None:
+        """Wait until every event published so far is acknowledged by the broker."""
+        futures, self._futures = self._futures, []
+        if futures:
+            await asyncio.gather(*futures)
+
+
+__all__ = ["EventPublisher", "latest_by_id"]

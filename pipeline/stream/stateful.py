@@ -1,0 +1,266 @@
+"""Stateful stage: internal ``flows`` partitions → core pipelines → store and event topics.
+
+One :class:`~pipeline.stream.partition.PartitionState` per owned partition. The consumer
+(a faust agent, see :mod:`pipeline.stream.app`) hands every message to :meth:`handle`;
+messages are acknowledged — and so their offsets committed — only by a *snapshot*, which
+happens every ``snapshot_every_messages`` messages, when the audit ends, after a quiet
+``snapshot_idle_seconds``, on revocation and at shutdown, and always in this order:
+
+1. flush the sink (aggregates and events are in the store),
+2. wait for the event topics to acknowledge what was published,
+3. write the partition's snapshot (state + offset + raw high-water marks) to ``state``,
+4. acknowledge the messages it covers (faust commits acknowledged offsets every second and
+   when it stops; the stage never commits itself — a commit inside a rebalance would wait
+   for the rebalance, which waits for the stage).
+
+On assignment the latest snapshot is restored and the partition resumes right after the
+offset it covers: messages the snapshot already covers are skipped, and if the committed
+offset is *ahead* of the snapshot the messages in between are read directly and applied
+first. So a crash anywhere re-applies at most the messages after the last snapshot —
+idempotently: aggregates carry ``(source_id, block)`` keys that replace, events
+deterministic ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol, TypeVar
+
+from pipeline.config import WorkerSettings
+from pipeline.core.pipeline import Pipeline
+from pipeline.stream.flowbatch import decode
+from pipeline.stream.inventory_topic import InventoryFeed
+from pipeline.stream.metrics import Metrics
+from pipeline.stream.outputs import EventPublisher
+from pipeline.stream.partition import PartitionState
+from pipeline.stream.reader import PartitionReader
+from pipeline.stream.sink import StoreSink
+from pipeline.stream.snapshots import SnapshotStore
+
+log = logging.getLogger(__name__)
+
+Ack = Callable[[], Awaitable[Any]]
+T = TypeVar("T")
+
+
+class ConsumerControl(Protocol):
+    """What the stage needs from the consumer that feeds it."""
+
+    def owns(self, partition: int) -> bool: ...
+
+    def highwater(self, partition: int) -> int | None: ...
+
+
+class StatefulStage:
+    """Owns the partition states of one worker."""
+
+    def __init__(self, settings: WorkerSettings, *, feed: InventoryFeed,
+                 snapshots: SnapshotStore, reader: PartitionReader, sink: StoreSink,
+                 publisher: EventPublisher, metrics: Metrics) -> None:
+        self.settings = settings
+        self.core = settings.core()
+        self.feed = feed
+        self.snapshots = snapshots
+        self.reader = reader
+        self.sink = sink
+        self.publisher = publisher
+        self.metrics = metrics
+        self.states: dict[int, PartitionState] = {}
+        self.parked: dict[int, PartitionState] = {}  # snapshotted at revocation, maybe back
+        self.pending: dict[int, list[Ack]] = {}
+        self.since_snapshot: dict[int, int] = {}
+        self.last_message: dict[int, float] = {}
+        self._audit_ended: dict[int, bool] = {}
+        self.control: ConsumerControl | None = None
+        self.lock = asyncio.Lock()
+        self._cpu = ThreadPoolExecutor(1, thread_name_prefix="segflow-stateful")
+        self.ready = asyncio.Event()
+        self.closed = False
+
+    # -- messages ------------------------------------------------------------------------
+    async def handle(self, partition: int, offset: int, value: bytes | None, ack: Ack) -> None:
+        """Apply one internal message; ``ack`` is called once a snapshot covers it."""
+        await self.ready.wait()
+        async with self.lock:
+            control = self.control
+            if self.closed or control is None or not control.owns(partition):
+                return  # not ours (any more): the owner re-reads it
+            state = await self._state(partition)
+            if offset <= state.offset:
+                await ack()  # covered by the snapshot already
+                return
+            if offset > state.offset + 1:
+                await self._catch_up(partition, state, offset)
+            await self._apply(partition, state, offset, value)
+            self._track(partition, ack)
+            step_done = self.since_snapshot[partition] >= self.settings.snapshot_every_messages
+            if step_done or self._audit_ended.pop(partition, False):
+                await self._snapshot(partition)
+            elif self.sink.due:
+                await self.sink.flush()
+
+    async def _apply(self, partition: int, state: PartitionState, offset: int,
+                     value: bytes | None) -> None:
+        """Apply message ``offset`` (the next one) and hand its outputs to sink and topics."""
+        t0 = time.perf_counter()
+        try:
+            batch = decode(value or b"")
+        except ValueError as exc:
+            log.error("partition %d offset %d: skipping a message: %s", partition, offset, exc)
+            state.offset = offset
+            return
+        step = await self._run(state, state.apply, offset, batch)
+        out = step.output
+        self.sink.add(out.edge_minutes, out.violations, out.rules)
+        await self.publisher.publish(out.violations, out.rules)
+        self.metrics.records_in.labels(self.settings.topics.flows).inc(step.rows)
+        if step.dropped:
+            self.metrics.duplicates.inc(step.dropped)
+        if step.audit_ended:
+            self._audit_ended[partition] = True
+        self.metrics.batch_records.labels("stateful").observe(step.rows)
+        self.metrics.batch_seconds.labels("stateful").observe(time.perf_counter() - t0)
+
+    async def _catch_up(self, partition: int, state: PartitionState, offset: int) -> None:
+        """The consumer is ahead of the snapshot (its committed offset went further than
+        the last snapshot): apply the messages in between, read directly, before
+        ``offset``. Messages retention already deleted are counted and skipped."""
+        start = state.offset + 1
+        log.info("partition %d: at %d, catching up from its snapshot at %d", partition,
+                 offset, start)
+        async for rec in self.reader.read(self.settings.topics.flows, partition, start, offset):
+            if rec.offset > state.offset + 1:
+                self._gap(partition, state, rec.offset)
+            await self._apply(partition, state, rec.offset, rec.value)
+            if self.sink.due:
+                await self.sink.flush()
+        if offset > state.offset + 1:
+            self._gap(partition, state, offset)
+
+    def _gap(self, partition: int, state: PartitionState, offset: int) -> None:
+        log.error("partition %d: messages %d..%d are gone (retention?); continuing at %d",
+                  partition, state.offset + 1, offset - 1, offset)
+        self.metrics.offset_gaps.inc(offset - state.offset - 1)
+        state.offset = offset - 1
+
+    async def _run(self, state: PartitionState, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the stage's thread, holding the partition inventory's lock (the
+        loop keeps fetching and the ingest stage keeps parsing meanwhile)."""
+        lock = self.feed.lock(state.pipeline.inventory)
+
+        def locked() -> T:
+            with lock:
+                return fn(*args)
+
+        return await asyncio.get_running_loop().run_in_executor(self._cpu, locked)
+
+    def _track(self, partition: int, ack: Ack) -> None:
+        self.pending.setdefault(partition, []).append(ack)
+        self.since_snapshot[partition] = self.since_snapshot.get(partition, 0) + 1
+        self.last_message[partition] = time.monotonic()
+
+    async def _state(self, partition: int) -> PartitionState:
+        state = self.states.get(partition) or self.parked.pop(partition, None)
+        if state is not None:
+            self.states[partition] = state
+            return state
+        blob = await self.snapshots.read(partition)
+        if blob is None:
+            state = PartitionState(partition, Pipeline(self.core, self.feed.new_inventory()),
+                                   f"{self.settings.topics.flows}/{partition}")
+        else:
+            inventory = self.feed.new_inventory()
+            lock = self.feed.lock(inventory)
+
+            def restore() -> PartitionState:
+                with lock:  # no inventory update while its registry is rebuilt
+                    return PartitionState.from_bytes(blob, self.core, inventory)
+
+            state = await asyncio.get_running_loop().run_in_executor(self._cpu, restore)
+            self.metrics.snapshots_restored.inc()
+            log.info("partition %d: restored its snapshot at offset %d", partition,
+                     state.offset)
+        self.states[partition] = state
+        self.metrics.partitions.set(len(self.states))
+        return state
+
+    async def _snapshot(self, partition: int) -> None:
+        state = self.states[partition]
+        await self.sink.flush()
+        await self.publisher.flush()
+        blob = await self._run(state, state.to_bytes)
+        await self.snapshots.write(partition, blob, offset=state.offset)
+        self.metrics.snapshots_written.inc()
+        self.metrics.snapshot_bytes.labels(str(partition)).set(len(blob))
+        for ack in self.pending.pop(partition, []):
+            await ack()
+        self.since_snapshot[partition] = 0
+
+    # -- rebalancing, timers, shutdown ---------------------------------------------------
+    def assigned(self, partitions: set[int]) -> None:
+        """The consumer's new assignment: forget parked partitions that went elsewhere
+        (call synchronously from the rebalance callback, then :meth:`on_assigned`)."""
+        for p in [p for p in self.parked if p not in partitions]:
+            del self.parked[p]
+
+    async def on_assigned(self, partitions: set[int]) -> None:
+        """Restore newly assigned partitions ahead of their first message."""
+        await self.ready.wait()
+        async with self.lock:
+            for p in sorted(partitions):
+                if not self.closed and p not in self.states:
+                    await self._state(p)
+
+    async def on_revoked(self, partitions: set[int]) -> None:
+        """Snapshot revoked partitions so their next owner starts where we stop. Their
+        states stay parked: an eager rebalance revokes everything, and partitions assigned
+        straight back resume without reading their snapshots again."""
+        async with self.lock:
+            await self._release(partitions, park=True)
+
+    async def _release(self, partitions: set[int], *, park: bool = False) -> None:
+        for p in sorted(partitions):
+            if p not in self.states:
+                continue
+            if self.pending.get(p):
+                await self._snapshot(p)
+            state = self.states.pop(p)
+            if park:
+                self.parked[p] = state
+            self.pending.pop(p, None)
+            self.since_snapshot.pop(p, None)
+            self.last_message.pop(p, None)
+            self._audit_ended.pop(p, None)
+        self.metrics.partitions.set(len(self.states))
+
+    async def tick(self) -> None:
+        """Periodic: snapshot quiet partitions, flush a due sink, update lag gauges."""
+        now = time.monotonic()
+        idle = self.settings.stream.snapshot_idle_seconds
+        async with self.lock:
+            quiet = [p for p, acks in self.pending.items() if acks and p in self.states
+                     and now - self.last_message.get(p, now) >= idle]
+            for p in quiet:
+                await self._snapshot(p)
+            if self.sink.due:
+                await self.sink.flush()
+            if self.control is not None:
+                for p, state in self.states.items():
+                    high = self.control.highwater(p)
+                    if high is not None:
+                        self.metrics.lag.labels(self.settings.app_id, self.settings.topics.flows,
+                                                str(p)).set(max(0, high - state.offset - 1))
+
+    async def stop(self) -> None:
+        """Snapshot everything owned, stop taking messages (faust commits when it stops)."""
+        async with self.lock:
+            self.closed = True
+            await self._release(set(self.states))
+        self._cpu.shutdown(wait=True)
+
+
+__all__ = ["Ack", "ConsumerControl", "StatefulStage"]

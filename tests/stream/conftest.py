@@ -1,0 +1,64 @@
+"""Fixtures of the streaming tests: one small generated estate and its replay reference."""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pytest
+
+from pipeline.core.inventory import load_inventory
+from pipeline.core.pipeline import CoreSettings
+from pipeline.generate import GenerateConfig, write_estate
+from pipeline.replay import replay
+from pipeline.stream.outputs import latest_by_id
+from tests.stream.harness import Totals, totals_of
+
+ESTATE = GenerateConfig(seed=5, apps=6, days=9, audit_days=6, flows_per_day=6000)
+
+
+def sentinel(cfg: GenerateConfig) -> bytes:
+    """A rejected attempt from the internet a day after the estate ends. It moves event time
+    past every open window — what replay's end-of-input flush does — and raises no event
+    (rejected external traffic is not alerted), so stream and replay can be compared."""
+    return orjson.dumps({"start": cfg.end + 86_400, "end": cfg.end + 86_401,
+                         "src_ip": "192.0.2.77", "dst_ip": "10.1.0.4", "src_port": 40_000,
+                         "dst_port": 9, "proto": 6, "bytes": 60, "packets": 1,
+                         "action": "reject"})
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The estate as raw lines, and what ``segflow replay`` makes of them."""
+
+    inventory: Path
+    flows_file: Path
+    lines: list[bytes]
+    audit_start: float
+    audit_days: float
+    totals: Totals
+    violations: dict[str, dict[str, Any]]
+    rules: dict[str, dict[str, Any]]
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Reference:
+    out = tmp_path_factory.mktemp("stream-estate")
+    s = write_estate(ESTATE, out)
+    assert b"192.0.2." not in s.inventory_path.read_bytes()  # the sentinel stays "world"
+    lines = gzip.decompress(s.flows_path.read_bytes()).splitlines()
+    lines.append(sentinel(ESTATE))
+    flows = out / "flows-with-sentinel.jsonl"
+    flows.write_bytes(b"\n".join(lines) + b"\n")
+    settings = CoreSettings(audit_days=ESTATE.audit_days, audit_start=ESTATE.start)
+    tables: list[pa.Table] = []
+    summary = replay([flows], load_inventory(s.inventory_path), settings, fmt="canonical",
+                     on_batch=lambda o: tables.append(o.edge_minutes))
+    assert summary.violations and summary.rules
+    return Reference(s.inventory_path, flows, lines, ESTATE.start, ESTATE.audit_days,
+                     totals_of(tables), latest_by_id(summary.violations),
+                     latest_by_id(summary.rules))
