@@ -40,19 +40,44 @@ def labels_to_json(value: Any) -> str | None:
     return None
 
 
+# Types of the flat fields when producers write them the usual way (epoch numbers, proto as
+# a number): Arrow converts straight into them, ~1.5x faster than inferring types.
+_TYPED = pa.schema([
+    ("start", pa.float64()), ("end", pa.float64()), ("src_ip", pa.string()),
+    ("dst_ip", pa.string()), ("src_port", pa.int64()), ("dst_port", pa.int64()),
+    ("proto", pa.int64()), ("bytes", pa.int64()), ("packets", pa.int64()),
+    ("action", pa.string()), ("tcp_flags", pa.int64()), ("exporter", pa.string()),
+])
+_ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
+
+
 class CanonicalParser:
-    """Parser for canonical JSONL; stateless, so one instance may serve many inputs."""
+    """Parser for canonical JSONL. Tries typed decoding first; an input whose values don't fit
+    (RFC 3339 times, protocol names) falls back to type inference for the rest of the input,
+    and a block Arrow cannot read at all to per-line decoding."""
 
     format = "canonical"
     whole_document = False
 
+    def __init__(self) -> None:
+        self._typed = True
+
+    def _read(self, block: bytes) -> pa.Table:
+        opts = pj.ReadOptions(block_size=1 << 20)
+        if self._typed:
+            try:
+                return pj.read_json(io.BytesIO(block), read_options=opts,
+                                    parse_options=pj.ParseOptions(
+                                        explicit_schema=_TYPED,
+                                        unexpected_field_behavior="infer"))
+            except _ARROW_ERRORS:
+                self._typed = False
+        return pj.read_json(io.BytesIO(block), read_options=opts)
+
     def parse(self, block: bytes, source: str, first_line: int) -> ParseResult:
         try:
-            table = pj.read_json(
-                io.BytesIO(block),
-                read_options=pj.ReadOptions(block_size=1 << 20),
-            )
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            table = self._read(block)
+        except _ARROW_ERRORS:
             return self._parse_slow(block, source, first_line)
         if table.num_rows == 0:
             return ParseResult(records_in=0)

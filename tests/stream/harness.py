@@ -152,8 +152,27 @@ def produce_values(bootstrap: str, topic: str, values: Iterable[bytes]) -> None:
     producer.close()
 
 
+def _retrying(fn: Any, *args: Any, timeout: float = 30.0) -> Any:
+    """Call ``fn`` again while the broker answers with a retriable error (a fresh broker has
+    no group coordinator until ``__consumer_offsets`` exists)."""
+    from kafka.errors import KafkaError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return fn(*args)
+        except KafkaError as exc:
+            if not getattr(exc, "retriable", False) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def group_lag(bootstrap: str, group: str, topic: str) -> int | None:
     """Messages of ``topic`` not yet committed by ``group`` (None: nothing committed yet)."""
+    return _retrying(_group_lag, bootstrap, group, topic)
+
+
+def _group_lag(bootstrap: str, group: str, topic: str) -> int | None:
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     consumer = KafkaConsumer(bootstrap_servers=bootstrap)
     try:
@@ -173,6 +192,10 @@ def group_lag(bootstrap: str, group: str, topic: str) -> int | None:
 
 def committed(bootstrap: str, group: str, topic: str) -> int:
     """Sum of ``group``'s committed offsets on ``topic`` (0 when nothing is committed)."""
+    return int(_retrying(_committed, bootstrap, group, topic))
+
+
+def _committed(bootstrap: str, group: str, topic: str) -> int:
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
         offsets = admin.list_group_offsets(group).get(group, {})
