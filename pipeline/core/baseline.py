@@ -47,11 +47,6 @@ def unpack_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
     return (k >> 43) & 0x7FFFF, (k >> 24) & 0x7FFFF, (k >> 8) & 0xFFFF, k & 0xFF
 
 
-def pair_keys(keys: np.ndarray) -> np.ndarray:
-    """The (client, server) part of edge keys."""
-    return keys.astype(np.int64) >> 24
-
-
 def _bins(values: np.ndarray) -> np.ndarray:
     return np.clip(np.log2(np.maximum(values, 1.0)).astype(np.int64), 0, HIST_BINS - 1)
 
@@ -144,10 +139,6 @@ class EdgeBaseline:
         """Row per key, -1 where the edge is not in the baseline (keys should be few/distinct)."""
         get = self.rows_.get
         return np.fromiter((get(int(k), -1) for k in keys), dtype=np.int64, count=len(keys))
-
-    def known_pairs(self) -> set[int]:
-        """(client, server) pairs of learned edges, for new_port vs new_edge."""
-        return {k >> 24 for k in self.rows_}
 
     # -- learning ------------------------------------------------------------------------
     def partial_fit(
@@ -342,5 +333,5 @@ class EdgeBaseline:
         }
 
 
-__all__ = ["DAY", "HOUR", "EdgeBaseline", "dilate24", "edge_keys", "pair_keys", "popcount24",
+__all__ = ["DAY", "HOUR", "EdgeBaseline", "dilate24", "edge_keys", "popcount24",
            "unpack_keys"]

@@ -36,13 +36,19 @@ def _ssl_context(k: KafkaSettings) -> ssl.SSLContext | None:
     return ctx
 
 
-def aiokafka_kwargs(k: KafkaSettings) -> dict[str, Any]:
-    """Connection keyword arguments for aiokafka clients."""
+def _common_kwargs(k: KafkaSettings) -> dict[str, Any]:
+    """Keyword arguments aiokafka and kafka-python spell the same way."""
     kw: dict[str, Any] = {"bootstrap_servers": k.bootstrap, "client_id": k.client_id,
                           "security_protocol": k.security_protocol}
     if k.sasl_mechanism:
         kw.update(sasl_mechanism=k.sasl_mechanism, sasl_plain_username=k.sasl_username,
                   sasl_plain_password=k.sasl_password)
+    return kw
+
+
+def aiokafka_kwargs(k: KafkaSettings) -> dict[str, Any]:
+    """Connection keyword arguments for aiokafka clients."""
+    kw = _common_kwargs(k)
     ctx = _ssl_context(k)
     if ctx is not None:
         kw["ssl_context"] = ctx
@@ -51,11 +57,7 @@ def aiokafka_kwargs(k: KafkaSettings) -> dict[str, Any]:
 
 def kafka_python_kwargs(k: KafkaSettings) -> dict[str, Any]:
     """Connection keyword arguments for kafka-python clients."""
-    kw: dict[str, Any] = {"bootstrap_servers": k.bootstrap, "client_id": k.client_id,
-                          "security_protocol": k.security_protocol}
-    if k.sasl_mechanism:
-        kw.update(sasl_mechanism=k.sasl_mechanism, sasl_plain_username=k.sasl_username,
-                  sasl_plain_password=k.sasl_password)
+    kw = _common_kwargs(k)
     if k.security_protocol.endswith("SSL"):
         kw.update(ssl_cafile=k.ssl_cafile, ssl_certfile=k.ssl_certfile,
                   ssl_keyfile=k.ssl_keyfile)

@@ -150,6 +150,11 @@ def _by_message(
         if result.flows.num_rows:
             tables.append(result.flows)
             offs.append(np.full(result.flows.num_rows, off, dtype=np.int64))
+    return _with_flows(out, tables, offs)
+
+
+def _with_flows(out: ParsedRaw, tables: list[pa.Table], offs: list[np.ndarray]) -> ParsedRaw:
+    """Attach the per-message tables (and each row's raw offset) to ``out``."""
     if tables:
         out.flows = pa.concat_tables(tables)
         out.offsets = np.concatenate(offs)
@@ -174,10 +179,7 @@ def _documents(
         if result.flows.num_rows:
             tables.append(result.flows)
             offs.append(np.full(result.flows.num_rows, off, dtype=np.int64))
-    if tables:
-        out.flows = pa.concat_tables(tables)
-        out.offsets = np.concatenate(offs)
-    return out
+    return _with_flows(out, tables, offs)
 
 
 __all__ = ["EMPTY", "TOO_LARGE", "ParsedRaw", "RawReject", "parse_messages"]
