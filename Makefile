@@ -6,7 +6,7 @@ STAMP   = $(VENV)/.installed
 
 .PHONY: demo test lint typecheck bench kafka-up kafka-down clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml pipeline/_flatjson.c
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'

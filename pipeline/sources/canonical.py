@@ -1,9 +1,14 @@
 """segflow's canonical flow record, one JSON object per line (files and Kafka messages).
 
-Fast path: Arrow's multithreaded JSON reader decodes the whole block into columns.
-If Arrow refuses the block (a malformed line, or a field whose JSON type varies between
-records, e.g. ``"proto": "tcp"`` next to ``"proto": 6``), the block is decoded line by line
-with orjson and coerced per record, so one bad record costs only its own line.
+Fast path: the C decoder of :mod:`pipeline.sources.flatjson` takes every line that is a flat
+record of the usual fields and types (one pass, no Python objects per record). The lines it
+leaves — other fields, RFC 3339 times, escapes, malformed JSON — are decoded one by one as in
+the per-record path below; a block where such lines are common takes the general path. General
+path: Arrow's multithreaded
+JSON reader decodes the whole block into columns. If Arrow refuses the block (a malformed
+line, or a field whose JSON type varies between records, e.g. ``"proto": "tcp"`` next to
+``"proto": 6``), the block is decoded line by line with orjson and coerced per record, so one
+bad record costs only its own line.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -18,7 +24,8 @@ import pyarrow.json as pj
 
 from pipeline.core.columns import Reject
 from pipeline.core.normalize import PROTO_NAMES, normalize, parse_time_text
-from pipeline.sources.base import RAW_KEEP, ParseResult, rejects_from_rows
+from pipeline.sources import flatjson
+from pipeline.sources.base import RAW_KEEP, ParseResult
 
 _IDENTITY_SIDES = ("src", "dst")
 _INT_FIELDS = ("src_port", "dst_port", "bytes", "packets", "tcp_flags")
@@ -49,6 +56,12 @@ _TYPED = pa.schema([
     ("action", pa.string()), ("tcp_flags", pa.int64()), ("exporter", pa.string()),
 ])
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
+_FAST = flatjson.FlatSchema(_TYPED)
+ODD_SHARE = 0.05  # more lines than this (and 8) left by the fast path: whole block goes general
+
+
+def _line_number(r: Reject) -> int:
+    return int(r.source.rsplit(":", 1)[1])
 
 
 class CanonicalParser:
@@ -75,6 +88,48 @@ class CanonicalParser:
         return pj.read_json(io.BytesIO(block), read_options=opts)
 
     def parse(self, block: bytes, source: str, first_line: int) -> ParseResult:
+        fast = flatjson.decode(block, _FAST)
+        if fast is None or len(fast.bad_lines) > max(8, fast.records * ODD_SHARE):
+            return self._parse_general(block, source, first_line)
+        return self._parse_fast(fast, block, source, first_line)
+
+    def _parse_fast(self, fast: flatjson.FlatRows, block: bytes, source: str,
+                    first_line: int) -> ParseResult:
+        """Normalise the fast rows; the lines it left are decoded one by one (orjson, as in
+        the per-record path) and their rows merged back in input order."""
+        flows, errors = normalize(fast.columns, fast.rows)
+        line_of = fast.line_of_row
+        rejects: list[Reject] = []
+        split: list[bytes] = []
+        if errors:
+            split = block.split(b"\n")
+            failed = np.zeros(fast.rows, dtype=bool)
+            for e in errors:
+                i = int(line_of[e.row])
+                failed[e.row] = True
+                rejects.append(Reject(e.reason, e.detail, split[i][:RAW_KEEP],
+                                      f"{source}:{first_line + i}"))
+            line_of = line_of[~failed]
+        if len(fast.bad_lines):
+            split = split or block.split(b"\n")
+            odd = fast.bad_lines.tolist()
+            rest = self._parse_slow(b"\n".join([split[i] for i in odd]), source, 0)
+            rejected = set()
+            for r in rest.rejects:
+                k = _line_number(r)
+                rejected.add(k)
+                rejects.append(Reject(r.reason, r.detail, r.raw, f"{source}:{first_line + odd[k]}"))
+            kept = [i for k, i in enumerate(odd) if k not in rejected]
+            if len(kept) != rest.flows.num_rows:  # cannot tell which line is which row
+                return self._parse_general(block, source, first_line)
+            if kept:
+                line_of = np.concatenate([line_of, np.asarray(kept, dtype=np.int32)])
+                order = np.argsort(line_of, kind="stable")
+                flows = pa.concat_tables([flows, rest.flows]).take(pa.array(order))
+            rejects.sort(key=_line_number)
+        return ParseResult(flows, rejects, fast.records)
+
+    def _parse_general(self, block: bytes, source: str, first_line: int) -> ParseResult:
         try:
             table = self._read(block)
         except _ARROW_ERRORS:
@@ -105,9 +160,11 @@ class CanonicalParser:
                     return self._parse_slow(block, source, first_line)
         flows, errors = normalize(cols, table.num_rows)
         rejects: list[Reject] = []
-        if errors:
-            lines = [ln for ln in block.split(b"\n") if ln.strip()]
-            rejects = rejects_from_rows(errors, lines, source, first_line)
+        if errors:  # row i is the i-th non-blank line
+            split = block.split(b"\n")
+            line = [i for i, ln in enumerate(split) if ln.strip()]
+            rejects = [Reject(e.reason, e.detail, split[line[e.row]][:RAW_KEEP],
+                              f"{source}:{first_line + line[e.row]}") for e in errors]
         return ParseResult(flows, rejects, table.num_rows)
 
     def _parse_slow(self, block: bytes, source: str, first_line: int) -> ParseResult:
@@ -172,20 +229,26 @@ def columns_from_rows(rows: list[dict[str, Any]]) -> dict[str, pa.Array]:
     return {name: pa.array([r.get(name) for r in rows], typ) for name, typ in _TYPES.items()}
 
 
+_INT64 = range(-(2**63), 2**63)
+
+
 def _as_int(v: Any) -> int | None:
     if v is None:
         return None
     if isinstance(v, bool):
         raise ValueError
+    out: int | None = None
     if isinstance(v, int):
-        return v
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    if isinstance(v, str):
+        out = v
+    elif isinstance(v, float) and v.is_integer():
+        out = int(v)
+    elif isinstance(v, str):
         f = float(v)
         if f.is_integer():
-            return int(f)
-    raise ValueError
+            out = int(f)
+    if out is None or out not in _INT64:
+        raise ValueError
+    return out
 
 
 def _as_time(v: Any) -> float | None:
