@@ -48,11 +48,12 @@ class TopicSettings(BaseModel, frozen=True):
     candidate_rules: str = "segflow-candidate-rules"
     inventory: str = "segflow-inventory"  # compacted
     state: str = "segflow-state"  # compacted: per-partition pipeline snapshots
+    control: str = "segflow-control"  # compacted, 1 partition: the agreed audit start
 
 
 class AuditSettings(BaseModel, frozen=True):
     days: float = 30.0
-    start: float | None = None  # epoch s or RFC 3339; None = the first flow's time
+    start: float | None = None  # epoch s or RFC 3339; None = agreed on the control topic
 
     @field_validator("start", mode="before")
     @classmethod

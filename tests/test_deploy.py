@@ -263,11 +263,12 @@ def test_topics_cover_the_worker_settings(
     t = WorkerSettings().topics
     topics = _topics()
     wanted = [*t.raw, t.flows, t.dead_letter, t.violations, t.candidate_rules, t.inventory,
-              t.state]
+              t.state, t.control]
     assert not set(wanted) - set(topics), f"kafka-init does not create {set(wanted) - set(topics)}"
     assert topics[t.flows][0] == t.flows_partitions == 8
-    for compacted in (t.inventory, t.state):
+    for compacted in (t.inventory, t.state, t.control):
         assert "cleanup.policy=compact" in topics[compacted][1]
+    assert topics[t.control][0] == 1  # "first in the log" needs one partition
     replicas = _services(compose)["worker"]["deploy"]["replicas"]
     assert replicas <= t.flows_partitions
     goflow = _services(compose)["goflow2"]["command"]

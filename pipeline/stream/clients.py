@@ -101,7 +101,7 @@ class TopicSpec:
     name: str
     partitions: int
     configs: dict[str, str] = field(default_factory=dict)
-    exact_partitions: bool = False  # the worker's correctness depends on the count
+    exact: str = ""  # non-empty: the count must match; how to fix it when it does not
 
 
 _COMPACT = {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1",
@@ -113,16 +113,25 @@ def inventory_topic(name: str) -> TopicSpec:
     return TopicSpec(name, 1, dict(_COMPACT))
 
 
+def control_topic(name: str) -> TopicSpec:
+    """The compacted control topic: one partition, so "first in the log" is well defined."""
+    return TopicSpec(name, 1, dict(_COMPACT),
+                     exact="its first record decides the audit start; point topics.control "
+                           "at a new topic")
+
+
 def worker_topics(t: TopicSettings) -> list[TopicSpec]:
     """Internal and output topics (raw topics belong to the collectors)."""
     big = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
     compact = _COMPACT
     n = t.flows_partitions
+    rekey = (f"topics.flows_partitions is {n}; set them equal (changing it re-keys all "
+             "state)")
     return [
-        TopicSpec(t.flows, n, big, exact_partitions=True),
-        TopicSpec(t.state, n, {**compact, "max.message.bytes": str(2 * MiB)},
-                  exact_partitions=True),
+        TopicSpec(t.flows, n, big, exact=rekey),
+        TopicSpec(t.state, n, {**compact, "max.message.bytes": str(2 * MiB)}, exact=rekey),
         inventory_topic(t.inventory),
+        control_topic(t.control),
         TopicSpec(t.dead_letter, 1, {"max.message.bytes": str(2 * MiB)}),
         TopicSpec(t.violations, n),
         TopicSpec(t.candidate_rules, n),
@@ -144,10 +153,9 @@ def ensure_topics(k: KafkaSettings, specs: list[TopicSpec], raw: list[str]) -> d
             _wait_for_leaders(admin, [s.name for s in missing], k.connect_timeout)
         for s in specs:
             have = existing.get(s.name)
-            if s.exact_partitions and have is not None and have != s.partitions:
-                raise ConfigError(
-                    f"topic {s.name} has {have} partitions but topics.flows_partitions is "
-                    f"{s.partitions}; set them equal (changing it re-keys all state)")
+            if s.exact and have is not None and have != s.partitions:
+                raise ConfigError(f"topic {s.name} has {have} partitions, not {s.partitions}: "
+                                  f"{s.exact}")
         for name in raw:
             if name not in existing:
                 log.warning("raw topic %s does not exist yet; waiting for collectors", name)
@@ -190,6 +198,7 @@ __all__ = [
     "TopicSpec",
     "admin_client",
     "aiokafka_kwargs",
+    "control_topic",
     "ensure_topics",
     "faust_credentials",
     "inventory_topic",

@@ -5,9 +5,10 @@ Columns are :data:`~pipeline.core.columns.FLOW_SCHEMA` plus where each row came 
 stateful stage can drop rows it already applied. Columns that are entirely null are left
 out on the wire and restored on decode. Schema metadata carries the ingest side's event-time
 progress: the newest flow start per raw partition (``wm``), raw partitions that are caught up
-and quiet (``idle``), each raw topic's partition count (``parts``) and the earliest start in
-the ingest batch (``first``, the default audit start). With them every internal partition —
-even one that receives no flows — advances its event-time watermark.
+and quiet (``idle``) and each raw topic's partition count (``parts``) — with them every
+internal partition, even one that receives no flows, advances its event-time watermark — and
+the audit start all workers agreed on (``audit_start``, see :mod:`pipeline.stream.control`;
+format-1 messages of older workers carried ``first`` instead, read the same way).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class FlowBatch:
     watermarks: dict[str, float] = field(default_factory=dict)  # raw source → newest start
     partitions: dict[str, int] = field(default_factory=dict)  # raw topic → partition count
     idle: list[str] = field(default_factory=list)  # raw sources caught up and quiet
-    first: float | None = None  # earliest flow start of the ingest batch
+    audit_start: float | None = None  # the agreed (or configured) audit start, if known
 
     @property
     def num_rows(self) -> int:
@@ -57,7 +58,7 @@ def encode(
     watermarks: dict[str, float],
     partitions: dict[str, int],
     idle: list[str] | None = None,
-    first: float | None = None,
+    audit_start: float | None = None,
 ) -> bytes:
     """Arrow IPC stream bytes for one message (``flows`` may be empty: a watermark only)."""
     arrays: list[pa.Array | pa.ChunkedArray] = []
@@ -74,7 +75,7 @@ def encode(
     arrays.append(pa.array(offsets, pa.int64()))
     names.append(RAW_OFFSET)
     meta = orjson.dumps({"v": _FORMAT, "wm": watermarks, "parts": partitions,
-                         "idle": idle or [], "first": first})
+                         "idle": idle or [], "audit_start": audit_start})
     table = pa.Table.from_arrays(arrays, names=names).replace_schema_metadata({_META_KEY: meta})
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
@@ -109,13 +110,13 @@ def decode(data: bytes) -> FlowBatch:
     else:  # an empty table may lose its dictionary
         sources, index = [], np.zeros(0, dtype=np.int32)
     offsets = table.column(RAW_OFFSET).to_numpy().astype(np.int64, copy=False)
-    first = meta.get("first")
+    start = meta.get("audit_start", meta.get("first"))
     return FlowBatch(
         flows, sources, index, offsets,
         watermarks={str(k): float(v) for k, v in meta.get("wm", {}).items()},
         partitions={str(k): int(v) for k, v in meta.get("parts", {}).items()},
         idle=[str(s) for s in meta.get("idle", [])],
-        first=None if first is None else float(first),
+        audit_start=None if start is None else float(start),
     )
 
 

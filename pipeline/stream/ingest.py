@@ -11,7 +11,9 @@ message is acknowledged; a crash in between re-sends rows the stateful stage the
 
 The stage also reports event-time progress (newest flow start per raw partition, idle raw
 partitions) in every message, and to partitions that got no flows for a while, so that every
-internal partition can close its violation windows.
+internal partition can close its violation windows. Every message carries the audit start:
+``audit.start`` when configured, else the one agreed on the control topic
+(:mod:`pipeline.stream.control`) before the stage sends its first flows.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pipeline.core.columns import empty_flows
 from pipeline.core.inventory import Inventory
 from pipeline.sources import get_parser
 from pipeline.sources.base import BlockParser
+from pipeline.stream.control import AuditStartAgreement
 from pipeline.stream.flowbatch import encode, source_name
 from pipeline.stream.metrics import Metrics
 from pipeline.stream.rawblock import RawReject, parse_messages
@@ -59,6 +62,18 @@ class Prepared:
     flows: int = 0
 
 
+@dataclass(slots=True)
+class Parsed:
+    """One batch parsed, not yet routed: good rows with their raw source and offset."""
+
+    out: Prepared  # dead letters, commit offsets, counts
+    tables: list[pa.Table] = field(default_factory=list)
+    index: list[np.ndarray] = field(default_factory=list)  # per table: index into sources
+    offsets: list[np.ndarray] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    first: float | None = None  # earliest flow start
+
+
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, stage: IngestStage) -> None:
         self.stage = stage
@@ -79,7 +94,8 @@ class IngestStage:
 
     def __init__(self, settings: WorkerSettings, *, client: dict[str, Any],
                  producer: AIOKafkaProducer, inventory: Inventory,
-                 inventory_lock: threading.Lock, metrics: Metrics) -> None:
+                 inventory_lock: threading.Lock, metrics: Metrics,
+                 agreement: AuditStartAgreement | None = None) -> None:
         self.settings = settings
         self.topics = settings.topics
         self.stream = settings.stream
@@ -87,6 +103,8 @@ class IngestStage:
         self.producer = producer
         self.metrics = metrics
         self.router = Router(inventory, settings.topics.flows_partitions)
+        self.audit_start = settings.audit.start  # stamped into every message once known
+        self.agreement = agreement  # agrees it when audit.start is unset
         self.parsers: dict[TopicPartition, BlockParser] = {}
         self.watermarks: dict[str, float] = {}  # raw source → newest flow start sent
         self.last_data: dict[TopicPartition, float] = {}
@@ -147,8 +165,11 @@ class IngestStage:
         batches awaiting acknowledgement while the next ones are prepared)."""
         t0 = time.perf_counter()
         self._refresh()
-        prepared = await asyncio.get_running_loop().run_in_executor(
-            self._cpu, self._prepare_locked, batch)
+        loop = asyncio.get_running_loop()
+        parsed = await loop.run_in_executor(self._cpu, self.parse, batch)
+        if self.audit_start is None and parsed.first is not None and self.agreement is not None:
+            self.audit_start = await self.agreement.agree(parsed.first)
+        prepared = await loop.run_in_executor(self._cpu, self._route_locked, parsed)
         futures = await self._send(prepared)
         self._inflight.append(asyncio.ensure_future(
             self._commit_when_acked(futures, prepared.commit)))
@@ -188,17 +209,18 @@ class IngestStage:
         return futures
 
     # -- the CPU part (on the stage's own thread) ----------------------------------------
-    def _prepare_locked(self, batch: dict[TopicPartition, list[Any]]) -> Prepared:
+    def _route_locked(self, parsed: Parsed) -> Prepared:
         with self._inventory_lock:
-            return self.prepare(batch)
+            return self.route(parsed)
 
     def prepare(self, batch: dict[TopicPartition, list[Any]]) -> Prepared:
+        """Parse and route one batch (stamped with the audit start known so far)."""
+        return self.route(self.parse(batch))
+
+    def parse(self, batch: dict[TopicPartition, list[Any]]) -> Parsed:
+        """Parse every raw partition's records as one block; rejects become dead letters."""
         out = Prepared()
-        tables: list[pa.Table] = []
-        index: list[np.ndarray] = []
-        offsets: list[np.ndarray] = []
-        sources: list[str] = []
-        first: float | None = None
+        parsed = Parsed(out)
         now = time.monotonic()
         for tp, records in batch.items():
             if not records:
@@ -206,35 +228,40 @@ class IngestStage:
             parser = self.parsers.get(tp)
             if parser is None:
                 parser = self.parsers[tp] = get_parser(self.topics.raw[tp.topic])
-            parsed = parse_messages(parser, [r.value for r in records],
-                                    [r.offset for r in records],
-                                    max_record_bytes=self.stream.max_record_bytes)
-            out.records += parsed.records_in
+            block = parse_messages(parser, [r.value for r in records],
+                                   [r.offset for r in records],
+                                   max_record_bytes=self.stream.max_record_bytes)
+            out.records += block.records_in
             out.commit[tp] = records[-1].offset + 1
             self.next_offset[tp] = records[-1].offset + 1
             self.last_data[tp] = now
-            self.metrics.records_in.labels(tp.topic).inc(parsed.records_in)
-            for rej in parsed.rejects:
+            self.metrics.records_in.labels(tp.topic).inc(block.records_in)
+            for rej in block.rejects:
                 out.dead.append(self._dead_letter(tp, rej))
-            n = parsed.flows.num_rows
+            n = block.flows.num_rows
             if not n:
                 continue
             src = source_name(tp.topic, tp.partition)
-            starts = parsed.flows.column("start")
+            starts = block.flows.column("start")
             newest = float(pc.max(starts).as_py())
             oldest = float(pc.min(starts).as_py())
             self.watermarks[src] = max(self.watermarks.get(src, newest), newest)
-            first = oldest if first is None else min(first, oldest)
-            index.append(np.full(n, len(sources), dtype=np.int32))
-            sources.append(src)
-            tables.append(parsed.flows)
-            offsets.append(parsed.offsets)
+            parsed.first = oldest if parsed.first is None else min(parsed.first, oldest)
+            parsed.index.append(np.full(n, len(parsed.sources), dtype=np.int32))
+            parsed.sources.append(src)
+            parsed.tables.append(block.flows)
+            parsed.offsets.append(block.offsets)
+        return parsed
+
+    def route(self, parsed: Parsed) -> Prepared:
+        """Route the parsed flows by client workload and encode the internal messages."""
+        out, tables, sources = parsed.out, parsed.tables, parsed.sources
         if not tables:
             out.messages = self._progress(set(), force=False)
             return out
         flows = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-        src_idx = np.concatenate(index)
-        offs = np.concatenate(offsets)
+        src_idx = np.concatenate(parsed.index)
+        offs = np.concatenate(parsed.offsets)
         routed = self.router.route(flows)
         for (side, kind), count in routed.misses.items():
             self.metrics.enrichment_misses.labels(side, kind).inc(count)
@@ -243,7 +270,7 @@ class IngestStage:
         counts = np.bincount(routed.partition, minlength=self.router.partitions)
         flows = flows.take(pa.array(order))
         src_idx, offs = src_idx[order], offs[order]
-        meta = self._meta(first, frozenset(sources))
+        meta = self._meta(frozenset(sources))
         start = 0
         for p, c in enumerate(counts.tolist()):
             for lo, hi in _cuts(src_idx, offs, start, start + c, self.stream.message_rows):
@@ -253,7 +280,7 @@ class IngestStage:
         sent_to = {p for p, c in enumerate(counts.tolist()) if c}
         for p in sent_to:
             self._sent[p] = self._progress_key()
-        out.messages.extend(self._progress(sent_to, force=False, first=first))
+        out.messages.extend(self._progress(sent_to, force=False))
         return out
 
     def _dead_letter(self, tp: TopicPartition, rej: RawReject
@@ -290,16 +317,16 @@ class IngestStage:
             if parts:
                 self._parts[topic] = len(parts)
 
-    def _meta(self, first: float | None, busy: frozenset[str] = frozenset()) -> dict[str, Any]:
+    def _meta(self, busy: frozenset[str] = frozenset()) -> dict[str, Any]:
         return {"watermarks": dict(self.watermarks), "partitions": dict(self._parts),
-                "idle": [s for s in self._idle if s not in busy], "first": first}
+                "idle": [s for s in self._idle if s not in busy],
+                "audit_start": self.audit_start}
 
     def _progress_key(self) -> tuple[float, frozenset[str]]:
         newest = max(self.watermarks.values(), default=float("-inf"))
         return newest, frozenset(self._idle)
 
-    def _progress(self, skip: set[int], *, force: bool, first: float | None = None
-                  ) -> list[tuple[int, bytes]]:
+    def _progress(self, skip: set[int], *, force: bool) -> list[tuple[int, bytes]]:
         """Progress-only messages for partitions that did not get flows in this batch."""
         newest, idle = key = self._progress_key()
         if newest == float("-inf") and not idle:
@@ -315,7 +342,7 @@ class IngestStage:
             if stale or (force and changed):
                 if empty is None:
                     empty = encode(empty_flows(), [], np.zeros(0, np.int32),
-                                   np.zeros(0, np.int64), **self._meta(first))
+                                   np.zeros(0, np.int64), **self._meta())
                 out.append((p, empty))
                 self._sent[p] = key
         return out
@@ -339,4 +366,4 @@ def _cuts(src: np.ndarray, offs: np.ndarray, lo: int, hi: int, step: int
     return out
 
 
-__all__ = ["IngestStage", "Prepared"]
+__all__ = ["IngestStage", "Parsed", "Prepared"]

@@ -8,6 +8,9 @@ that makes reprocessing harmless. Pure (no Kafka): the stateful stage feeds it m
 * event time — the ingest side reports the newest flow start per raw partition; the
   watermark is the minimum over the raw partitions that are not idle. It ends the audit and
   closes violation windows even on a partition that receives no flows of its own.
+* audit start — a pipeline without one adopts the start the messages carry (configured or
+  agreed by all workers, :mod:`pipeline.stream.control`); one it has (from the settings or a
+  snapshot) is kept, and a message carrying another start is logged.
 
 A snapshot is this bookkeeping plus :func:`pipeline.core.snapshot.dump_state`; restoring it
 and replaying the messages after ``offset`` gives the same outputs as never stopping.
@@ -15,16 +18,20 @@ and replaying the messages after ``offset`` gives the same outputs as never stop
 
 from __future__ import annotations
 
+import logging
 import struct
 from dataclasses import dataclass, field
 
 import numpy as np
 import orjson
 
+from pipeline.core.events import iso
 from pipeline.core.inventory import Inventory
 from pipeline.core.pipeline import BatchOutput, CoreSettings, Pipeline
 from pipeline.core.snapshot import dump_state, load_state
 from pipeline.stream.flowbatch import FlowBatch
+
+log = logging.getLogger(__name__)
 
 _MAGIC = b"SGFP"
 _HEADER = struct.Struct(">4sI")
@@ -68,6 +75,7 @@ class PartitionState:
     idle: set[str] = field(default_factory=set)
     raw_partitions: dict[str, int] = field(default_factory=dict)
     event_time: float = float("-inf")  # the watermark last applied
+    _reported: set[float] = field(default_factory=set, init=False, repr=False)  # warned of
 
     def apply(self, offset: int, batch: FlowBatch) -> Step:
         """Apply internal message ``offset`` (must be newer than :attr:`offset`)."""
@@ -87,8 +95,7 @@ class PartitionState:
             if not keep.all():
                 step.dropped = int((~keep).sum())
                 flows = flows.filter(keep)
-        if p.audit_start is None and batch.first is not None:
-            p.audit_start = batch.first
+        self._adopt_audit_start(batch.audit_start)
         if flows.num_rows:
             step.output = p.process(flows, source_id=self.source_id, block=offset,
                                     version=flows.num_rows)
@@ -102,6 +109,19 @@ class PartitionState:
         self.offset = offset
         step.audit_ended = p.baseline.frozen_ and not frozen
         return step
+
+    def _adopt_audit_start(self, start: float | None) -> None:
+        p = self.pipeline
+        if start is None or start == p.audit_start:
+            return
+        if p.audit_start is None:
+            p.audit_start = start
+            log.info("partition %d: audit starts at %s", self.partition, iso(start))
+        elif start not in self._reported:
+            self._reported.add(start)
+            log.warning("partition %d: a message carries audit start %s but the partition's "
+                        "is %s; keeping its own (workers with different audit.start, or a "
+                        "new control topic?)", self.partition, iso(start), iso(p.audit_start))
 
     def _merge_progress(self, batch: FlowBatch) -> None:
         for s, t in batch.watermarks.items():

@@ -36,6 +36,7 @@ from pipeline.stream.clients import (
     unreachable,
     worker_topics,
 )
+from pipeline.stream.control import AuditStartAgreement, whoami
 from pipeline.stream.ingest import IngestStage
 from pipeline.stream.inventory_topic import InventoryFeed
 from pipeline.stream.metrics import Metrics
@@ -125,8 +126,12 @@ class Worker:
                                                             self.metrics),
                                    metrics=self.metrics)
         routing = self.feed.new_inventory()
+        agreement = None if s.audit.start is not None else AuditStartAgreement(
+            s.topics.control, client, self.producer, who=whoami(s.app_id),
+            timeout=max(30.0, k.connect_timeout * 3))
         self.ingest = IngestStage(s, client=client, producer=self.producer, inventory=routing,
-                                  inventory_lock=self.feed.lock(routing), metrics=self.metrics)
+                                  inventory_lock=self.feed.lock(routing), metrics=self.metrics,
+                                  agreement=agreement)
         await self.ingest.start()
         self.datadir = Path(tempfile.mkdtemp(prefix="segflow-faust-"))
         self.app = create_app(s, self.stage, datadir=self.datadir)

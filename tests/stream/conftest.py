@@ -21,11 +21,12 @@ from tests.stream.harness import Totals, totals_of
 ESTATE = GenerateConfig(seed=5, apps=6, days=9, audit_days=6, flows_per_day=6000)
 
 
-def sentinel(cfg: GenerateConfig) -> bytes:
+def sentinel(cfg: GenerateConfig, after: float = 0.0) -> bytes:
     """A rejected attempt from the internet a day after the estate ends. It moves event time
     past every open window — what replay's end-of-input flush does — and raises no event
     (rejected external traffic is not alerted), so stream and replay can be compared."""
-    return orjson.dumps({"start": cfg.end + 86_400, "end": cfg.end + 86_401,
+    t = cfg.end + 86_400 + after
+    return orjson.dumps({"start": t, "end": t + 1,
                          "src_ip": "192.0.2.77", "dst_ip": "10.1.0.4", "src_port": 40_000,
                          "dst_port": 9, "proto": 6, "bytes": 60, "packets": 1,
                          "action": "reject"})
@@ -45,6 +46,19 @@ class Reference:
     rules: dict[str, dict[str, Any]]
 
 
+def replay_reference(inventory: Path, lines: list[bytes], flows_file: Path, *,
+                     audit_start: float, audit_days: float) -> Reference:
+    """``lines`` written to ``flows_file`` and replayed with this audit start."""
+    flows_file.write_bytes(b"\n".join(lines) + b"\n")
+    settings = CoreSettings(audit_days=audit_days, audit_start=audit_start)
+    tables: list[pa.Table] = []
+    summary = replay([flows_file], load_inventory(inventory), settings, fmt="canonical",
+                     on_batch=lambda o: tables.append(o.edge_minutes))
+    assert summary.violations and summary.rules
+    return Reference(inventory, flows_file, lines, audit_start, audit_days, totals_of(tables),
+                     latest_by_id(summary.violations), latest_by_id(summary.rules))
+
+
 @pytest.fixture(scope="session")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Reference:
     out = tmp_path_factory.mktemp("stream-estate")
@@ -52,13 +66,5 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Reference:
     assert b"192.0.2." not in s.inventory_path.read_bytes()  # the sentinel stays "world"
     lines = gzip.decompress(s.flows_path.read_bytes()).splitlines()
     lines.append(sentinel(ESTATE))
-    flows = out / "flows-with-sentinel.jsonl"
-    flows.write_bytes(b"\n".join(lines) + b"\n")
-    settings = CoreSettings(audit_days=ESTATE.audit_days, audit_start=ESTATE.start)
-    tables: list[pa.Table] = []
-    summary = replay([flows], load_inventory(s.inventory_path), settings, fmt="canonical",
-                     on_batch=lambda o: tables.append(o.edge_minutes))
-    assert summary.violations and summary.rules
-    return Reference(s.inventory_path, flows, lines, ESTATE.start, ESTATE.audit_days,
-                     totals_of(tables), latest_by_id(summary.violations),
-                     latest_by_id(summary.rules))
+    return replay_reference(s.inventory_path, lines, out / "flows-with-sentinel.jsonl",
+                            audit_start=ESTATE.start, audit_days=ESTATE.audit_days)

@@ -45,7 +45,7 @@ class Topics:
         return {"raw": {self.raw: fmt}, "flows": self.name("flows"),
                 "state": self.name("state"), "inventory": self.name("inventory"),
                 "dead_letter": self.name("dead-letter"), "violations": self.name("violations"),
-                "candidate_rules": self.name("rules"),
+                "candidate_rules": self.name("rules"), "control": self.name("control"),
                 "flows_partitions": self.flows_partitions}
 
 
@@ -58,13 +58,15 @@ def new_topics(bootstrap: str, *, raw_partitions: int = 1, flows_partitions: int
 
 
 def write_config(path: Path, bootstrap: str, topics: Topics, *, store: Path, app_id: str,
-                 audit_start: float, audit_days: float, inventory_file: Path | None = None,
+                 audit_start: float | None, audit_days: float,
+                 inventory_file: Path | None = None,
                  metrics_port: int = 0, stream: dict[str, Any] | None = None,
                  snapshot_every: int = 20) -> Path:
     cfg: dict[str, Any] = {
         "kafka": {"bootstrap": bootstrap, "session_timeout": 6.0, "connect_timeout": 10.0},
         "topics": topics.settings(),
-        "audit": {"start": audit_start, "days": audit_days},
+        "audit": {"days": audit_days,
+                  **({} if audit_start is None else {"start": audit_start})},
         "sink": {"max_rows": 50_000, "max_seconds": 1.0},
         "stream": {"snapshot_idle_seconds": 0.5, "poll_timeout_ms": 100, **(stream or {})},
         "store": f"chdb://{store}",
@@ -125,9 +127,11 @@ class WorkerProcess:
 
 
 def produce_lines(bootstrap: str, topic: str, lines: Sequence[bytes], *,
-                  sizes: Sequence[int] = (1, 50), block: int = 1000) -> int:
-    """Produce ``lines`` in order; blocks of ``block`` lines alternate between message sizes
-    (1 = one record per message, 50 = NDJSON of 50). Returns the number of messages."""
+                  sizes: Sequence[int] = (1, 50), block: int = 1000,
+                  partition: int | None = None) -> int:
+    """Produce ``lines`` in order (to ``partition`` if given); blocks of ``block`` lines
+    alternate between message sizes (1 = one record per message, 50 = NDJSON of 50).
+    Returns the number of messages."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
                              batch_size=1 << 20, max_request_size=8 << 20)
     messages = 0
@@ -136,7 +140,8 @@ def produce_lines(bootstrap: str, topic: str, lines: Sequence[bytes], *,
         chunk = lines[lo:lo + block]
         for i in range(0, len(chunk), size):
             part = chunk[i:i + size]
-            producer.send(topic, value=part[0] if len(part) == 1 else b"\n".join(part))
+            producer.send(topic, value=part[0] if len(part) == 1 else b"\n".join(part),
+                          partition=partition)
             messages += 1
     producer.flush()
     producer.close()
@@ -221,6 +226,28 @@ def commit_ahead(bootstrap: str, group: str, topic: str, timeout: float = 30.0) 
         admin.alter_group_offsets(group, {tp: OffsetAndMetadata(ends[tp], "", -1) for tp in tps})
     finally:
         consumer.close()
+        admin.close()
+
+
+def wait_assigned(bootstrap: str, group: str, topic: str, members: int,
+                  workers: Sequence[WorkerProcess], timeout: float = 60.0) -> list[list[int]]:
+    """Until ``group`` is stable with ``members`` members, each holding partitions of
+    ``topic``; returns each member's partitions (sorted)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            for w in workers:
+                assert w.running, f"worker exited:\n{w.text()[-4000:]}"
+            g = _retrying(admin.describe_groups, [group])[group]
+            got = sorted(sorted(p for a in m["member_assignment"]["assigned_partitions"]
+                                if a["topic"] == topic for p in a["partitions"])
+                         for m in g["members"] if m.get("member_assignment"))
+            if g["group_state"] == "Stable" and len(got) == members and all(got):
+                return got
+            assert time.monotonic() < deadline, f"group {group}: {g['group_state']}, {got}"
+            time.sleep(0.2)
+    finally:
         admin.close()
 
 
@@ -361,6 +388,7 @@ __all__ = [
     "store_rows",
     "store_totals",
     "totals_of",
+    "wait_assigned",
     "wait_caught_up",
     "write_config",
 ]

@@ -10,7 +10,8 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from pipeline.core.inventory import load_inventory
+from pipeline.core.baseline import DAY
+from pipeline.core.inventory import Inventory, load_inventory
 from pipeline.core.pipeline import CoreSettings, Pipeline
 from pipeline.sources import get_parser
 from pipeline.sources.canonical import CanonicalParser
@@ -36,20 +37,105 @@ def test_flow_batch_round_trip_drops_and_restores_null_columns() -> None:
                          for i in range(5)])
     data = encode(flows, ["raw/0", "raw/1"], np.array([0, 0, 1, 1, 1], np.int32),
                   np.array([7, 7, 3, 4, 9]), watermarks={"raw/0": T0 + 4}, partitions={"raw": 2},
-                  idle=["raw/1"], first=T0)
+                  idle=["raw/1"], audit_start=T0 - 3600.5)
     b = decode(data)
     assert b.flows.equals(flows)
     assert b.sources == ["raw/0", "raw/1"]
     assert b.source_index.tolist() == [0, 0, 1, 1, 1]
     assert b.offsets.tolist() == [7, 7, 3, 4, 9]
-    assert (b.watermarks, b.partitions, b.idle, b.first) == ({"raw/0": T0 + 4}, {"raw": 2},
-                                                             ["raw/1"], T0)
+    assert (b.watermarks, b.partitions, b.idle, b.audit_start) == (
+        {"raw/0": T0 + 4}, {"raw": 2}, ["raw/1"], T0 - 3600.5)
     assert b"src_app" not in data  # all-null columns are not sent
     progress = decode(encode(flows.slice(0, 0), [], np.zeros(0, np.int32), np.zeros(0),
                              watermarks={"raw/0": T0}, partitions={"raw": 1}))
     assert progress.num_rows == 0 and progress.watermarks == {"raw/0": T0}
+    assert progress.audit_start is None  # not agreed yet
     with pytest.raises(ValueError, match="not a segflow flow batch"):
         decode(b"garbage")
+
+
+def _with_meta(data: bytes, **changes: object) -> bytes:
+    """``data`` re-encoded with its segflow metadata changed (None deletes a key)."""
+    table = pa.ipc.open_stream(data).read_all()
+    meta = orjson.loads(table.schema.metadata[b"segflow"])
+    meta.update(changes)
+    meta = {k: v for k, v in meta.items() if v is not None}
+    table = table.replace_schema_metadata({b"segflow": orjson.dumps(meta)})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def test_flow_batch_reads_the_audit_start_of_older_workers() -> None:
+    """Format-1 messages of earlier workers named the start ``first``: still understood."""
+    data = encode(flows_table([]).slice(0, 0), [], np.zeros(0, np.int32), np.zeros(0),
+                  watermarks={"raw/0": T0}, partitions={"raw": 1}, audit_start=T0 + 9)
+    legacy = _with_meta(data, audit_start=None, first=T0 + 5)
+    assert b"audit_start" not in legacy
+    assert decode(legacy).audit_start == T0 + 5
+    assert decode(_with_meta(data, first=T0 + 5)).audit_start == T0 + 9  # the new key wins
+    with pytest.raises(ValueError, match="unsupported flow batch format 2"):
+        decode(_with_meta(data, v=2))
+
+
+def _inventory() -> Inventory:
+    return make_inventory([{"ip": "10.0.0.1", "app": "a", "namespace": "n"},
+                           {"ip": "10.0.0.2", "app": "b", "namespace": "n"}])
+
+
+def _partition(audit_start: float | None) -> PartitionState:
+    settings = CoreSettings(audit_days=1, audit_start=audit_start)
+    return PartitionState(3, Pipeline(settings, _inventory()), "f/3")
+
+
+def _message(starts: list[float], audit_start: float | None, first_offset: int = 0) -> bytes:
+    flows = flows_table([flow(t, "10.0.0.1", "10.0.0.2", 40_000, 443) for t in starts])
+    n = len(starts)
+    return encode(flows, ["raw/0"], np.zeros(n, np.int32),
+                  np.arange(first_offset, first_offset + n),
+                  watermarks={"raw/0": max(starts, default=T0)}, partitions={"raw": 1},
+                  audit_start=audit_start)
+
+
+def test_partition_adopts_the_agreed_audit_start_and_learns_earlier_flows() -> None:
+    """The agreed start can be later than a partition's first flows (another worker's first
+    batch won): those flows are before the audit end, so they are learned, not scored."""
+    st = _partition(None)
+    st.apply(0, decode(_message([], None)))  # progress before the agreement: no start yet
+    assert st.pipeline.audit_start is None
+    agreed = T0 + 600
+    out = st.apply(1, decode(_message([T0, T0 + 1], agreed))).output
+    assert st.pipeline.audit_start == agreed
+    assert st.pipeline.audit_end == agreed + DAY
+    assert (out.audit_flows, out.enforce_flows, out.violations) == (2, 0, [])
+    assert len(st.pipeline.baseline) == 1  # the edge a → b:443 is learned
+    # after the audit (agreed start + 1 day) the learned edge is allowed: no new_edge
+    out = st.apply(2, decode(_message([agreed + DAY + 10], agreed, first_offset=2))).output
+    assert out.enforce_flows == 1 and st.pipeline.baseline.frozen_
+    assert not [v for v in out.violations if v["type"] == "new_edge"]
+    assert out.rules  # the audit ended at agreed + 1 day
+
+
+def test_restored_partition_keeps_its_audit_start_and_warns_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    st = _partition(None)
+    st.apply(0, decode(_message([T0], T0)))
+    restored = PartitionState.from_bytes(st.to_bytes(), CoreSettings(audit_days=1),
+                                         _inventory())
+    assert restored.pipeline.audit_start == T0
+    with caplog.at_level("WARNING", logger="pipeline.stream.partition"):
+        for offset in (1, 2):
+            restored.apply(offset, decode(_message([T0 + offset], T0 + 60, offset)))
+        restored.apply(3, decode(_message([T0 + 3], T0, 3)))  # the same start: silent
+    assert restored.pipeline.audit_start == T0
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    assert "partition 3: a message carries audit start 2026-" in warnings[0]
+    # a configured start is the pipeline's own: messages do not move it either
+    configured = _partition(T0 - 100)
+    configured.apply(0, decode(_message([T0], T0)))
+    assert configured.pipeline.audit_start == T0 - 100
 
 
 def test_raw_messages_map_rows_and_rejects_to_offsets() -> None:

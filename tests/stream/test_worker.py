@@ -10,18 +10,30 @@ test each worker writes its own store and the test merges the stores' rows with 
 replacing key (edge, minute, source_id, block → highest version) the ClickHouse table
 uses: exactly what one shared server would hold. A partition processed by both workers
 (before and after a rebalance) therefore counts once, and a lost message would show.
+
+Without ``audit.start`` the workers agree on one on the control topic; those tests replay
+with the agreed start.
 """
 
 from __future__ import annotations
 
+import re
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 
-from tests.stream.conftest import Reference
+from pipeline.core.events import iso
+from pipeline.core.inventory import load_inventory
+from pipeline.sources.canonical import CanonicalParser
+from pipeline.stream.flowbatch import decode
+from pipeline.stream.rawblock import parse_messages
+from pipeline.stream.routing import Router
+from tests.stream.conftest import ESTATE, Reference, replay_reference, sentinel
 from tests.stream.harness import (
     Topics,
     WorkerProcess,
@@ -37,6 +49,7 @@ from tests.stream.harness import (
     read_topic,
     store_rows,
     store_totals,
+    wait_assigned,
     wait_caught_up,
     write_config,
 )
@@ -195,6 +208,137 @@ def test_malformed_messages_go_to_dead_letter(kafka_bootstrap: str, reference: R
     assert flows == 100 + 49 + 250 + 100
     assert 'segflow_dead_letter_total{reason="too_large"} 1.0' in metrics
     assert "segflow_consumer_lag" in metrics
+
+
+def _split_by_internal_partition(ref: Reference, partitions: int) -> list[list[bytes]]:
+    """Two disjoint raw halves, each feeding whole internal partitions (so every internal
+    partition gets its flows in raw order, as replay does): the two internal partitions
+    whose first flow is earliest go to half 0, the others to half 1 — the halves' first flows
+    differ. The sentinel goes to both halves (a copy one second later), so event time
+    passes every window whichever half ends last."""
+    *lines, _ = ref.lines
+    block = parse_messages(CanonicalParser(), lines, list(range(len(lines))),
+                           max_record_bytes=1 << 20)
+    assert not block.rejects
+    target = Router(load_inventory(ref.inventory), partitions).route(block.flows).partition
+    starts = block.flows.column("start").to_numpy()
+    by_first = sorted(range(partitions), key=lambda p: starts[target == p].min())
+    half = np.isin(target, by_first[partitions // 2:]).astype(int)
+    out: list[list[bytes]] = [[], []]
+    for line, h in zip(lines, half.tolist(), strict=True):
+        out[h].append(line)
+    out[0].append(sentinel(ESTATE))
+    out[1].append(sentinel(ESTATE, after=1))
+    return out
+
+
+def _agreed(bootstrap: str, topics: Topics) -> list[tuple[float, str]]:
+    """The control topic's proposals in log order: (start, proposer)."""
+    recs = read_topic(bootstrap, topics.name("control"))
+    assert all(r.key.startswith(b"audit-start/") for r in recs)
+    return [(v["start"], v["by"]) for v in (orjson.loads(r.value) for r in recs)]
+
+
+def _adopted(workers: list[WorkerProcess]) -> dict[int, set[str]]:
+    """Per internal partition, the audit starts the workers' partitions adopted."""
+    out: dict[int, set[str]] = {}
+    for w in workers:
+        for p, t in re.findall(r"partition (\d+): audit starts at (\S+)", w.text()):
+            out.setdefault(int(p), set()).add(t)
+    return out
+
+
+def test_workers_started_together_agree_on_the_audit_start(
+        kafka_bootstrap: str, reference: Reference, tmp_path: Path) -> None:
+    """audit.start unset; two workers start together and each ingests one raw partition
+    whose first flow is another time. Every internal partition gets the first proposal in
+    the control topic, and the results equal a replay with that start."""
+    topics = new_topics(kafka_bootstrap, raw_partitions=2)
+    publish_inventory(kafka_bootstrap, topics, reference.inventory)
+    halves = _split_by_internal_partition(reference, topics.flows_partitions)
+    firsts = [float(orjson.loads(h[0])["start"]) for h in halves]
+    assert firsts[1] - firsts[0] > 10  # a partition adopting the wrong one would show
+    stores = [tmp_path / "store-a", tmp_path / "store-b"]
+    workers = [WorkerProcess(write_config(
+        tmp_path / f"{n}.json", kafka_bootstrap, topics, store=store, app_id=topics.prefix,
+        audit_start=None, audit_days=reference.audit_days, stream={"max_messages": 2000}),
+        tmp_path / f"{n}.log") for n, store in zip("ab", stores, strict=True)]
+    try:
+        for w in workers:
+            w.start()
+        # each ingest instance owns one raw partition before any flow exists
+        owned = wait_assigned(kafka_bootstrap, f"{topics.prefix}-ingest", topics.raw, 2,
+                              workers)
+        assert owned == [[0], [1]]
+        producers = [threading.Thread(target=produce_lines, args=(
+            kafka_bootstrap, topics.raw, h), kwargs={"partition": i, "sizes": (50, 1)})
+            for i, h in enumerate(halves)]
+        for t in producers:
+            t.start()
+        for t in producers:
+            t.join()
+        wait_caught_up(kafka_bootstrap, topics.prefix, topics, workers)
+    finally:
+        codes = [w.stop() for w in workers]
+    logs = "".join(w.text() for w in workers)
+    assert codes == [0, 0], logs[-4000:]
+    proposals = _agreed(kafka_bootstrap, topics)
+    assert 1 <= len(proposals) <= 2, proposals
+    agreed = proposals[0][0]
+    assert agreed in firsts and {s for s, _ in proposals} <= set(firsts)
+    assert logs.count(f"audit start {iso(agreed)} agreed on {topics.name('control')}") == 2
+    assert _adopted(workers) == {p: {iso(agreed)} for p in range(topics.flows_partitions)}
+    assert "a message carries audit start" not in logs
+    lines = [*reference.lines, sentinel(ESTATE, after=1)]
+    ref = replay_reference(reference.inventory, lines, tmp_path / "flows.jsonl",
+                           audit_start=agreed, audit_days=reference.audit_days)
+    assert all(r["version"] == int((agreed + ESTATE.audit_days * 86_400) * 1000)
+               for r in ref.rules.values())
+    assert_matches_replay(ref, kafka_bootstrap, topics, stores)
+
+
+def test_a_worker_started_later_adopts_the_agreed_start(
+        kafka_bootstrap: str, reference: Reference, tmp_path: Path) -> None:
+    """The first worker proposes its first flow's time; a worker started later, whose first
+    flows are days later, finds that proposal and stamps it — it proposes nothing."""
+    topics = new_topics(kafka_bootstrap)
+    publish_inventory(kafka_bootstrap, topics, reference.inventory)
+    half = len(reference.lines) // 2
+    sent_before_b = produce_lines(kafka_bootstrap, topics.raw, reference.lines[:half])
+    store = tmp_path / "store"
+    workers = [WorkerProcess(write_config(
+        tmp_path / f"{n}.json", kafka_bootstrap, topics, store=store, app_id=topics.prefix,
+        audit_start=None, audit_days=reference.audit_days), tmp_path / f"{n}.log")
+        for n in "ab"]
+    a, b = workers
+    try:
+        a.start()
+        wait_caught_up(kafka_bootstrap, topics.prefix, topics, [a])
+        assert a.stop() == 0, a.text()[-3000:]
+        assert a.proc is not None
+        first_pid = a.proc.pid
+        produce_lines(kafka_bootstrap, topics.raw, reference.lines[half:])
+        b.start()
+        wait_caught_up(kafka_bootstrap, topics.prefix, topics, [b])
+    finally:
+        for w in workers:
+            if w.running:
+                w.stop()
+    assert b.exit_codes == [0], b.text()[-3000:]
+    first = float(orjson.loads(reference.lines[0])["start"])
+    later = float(orjson.loads(reference.lines[half])["start"])
+    assert later - first > 86_400
+    proposals = _agreed(kafka_bootstrap, topics)
+    assert len(proposals) == 1 and proposals[0][0] == first, proposals
+    assert proposals[0][1].endswith(f":{first_pid}")  # a's, not b's
+    assert f"audit start {iso(first)} agreed on" in b.text()
+    assert "this worker" not in b.text()
+    msgs = [decode(r.value) for r in read_topic(kafka_bootstrap, topics.name("flows"))]
+    assert {m.audit_start for m in msgs if m.num_rows} == {first}
+    assert any(m.offsets.min() >= sent_before_b for m in msgs if m.num_rows)  # b's own
+    ref = replay_reference(reference.inventory, reference.lines, tmp_path / "flows.jsonl",
+                           audit_start=first, audit_days=reference.audit_days)
+    assert_matches_replay(ref, kafka_bootstrap, topics, [store])
 
 
 def _diff(got: dict[str, object], want: dict[str, object]) -> dict[str, object]:
