@@ -4,9 +4,13 @@ For each message shape (one flow per message, 100 flows per message) a raw topic
 once with a generated estate, then read
 
 * by the floor: a bare aiokafka consumer, ``getmany`` + ``orjson.loads`` of every record;
-* by a whole worker (in this process): ingest (parse, route, produce Arrow batches) →
-  internal topic → stateful stage (dedup, core pipeline, events, snapshots) → chdb sink,
-  timed from the worker's first record until every flow is stored.
+* by a whole worker: ingest (parse, route, produce Arrow batches) → internal topic →
+  stateful stage (dedup, core pipeline, events, snapshots) → chdb sink, timed from the
+  worker's first raw record until every flow is stored — once as one process
+  (``role = "all"``) and once as two (``segflow worker --role ingest`` in a child process,
+  the stateful stage in this one) — and each stage alone (ingest until every flow is on the
+  internal topic; then the stateful stage over that topic), which is what either process
+  does when it has a core to itself.
 
 Usage: ``python bench/bench_kafka.py [--flows 200000] [--bootstrap 127.0.0.1:39092]``
 (starts scripts/kafka-local when no bootstrap is given and none is running). Each shape is
@@ -19,15 +23,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gzip
+import json
 import logging
 import os
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -40,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 from pipeline.config import load_settings  # noqa: E402
 from pipeline.generate import GenerateConfig, write_estate  # noqa: E402
 from pipeline.stream.metrics import Metrics  # noqa: E402
-from pipeline.stream.worker import Worker  # noqa: E402
+from pipeline.stream.worker import Worker, tune_gc  # noqa: E402
 
 
 def bootstrap_or_start(given: str | None) -> str:
@@ -117,33 +125,111 @@ async def floor(bootstrap: str, topic: str, expected: int) -> float:
         await c.stop()
 
 
-async def worker_rate(bootstrap: str, topic: str, inventory: Path, cfg: GenerateConfig,
-                      expected: int, partitions: int) -> tuple[float, dict[str, float]]:
-    """flows/s of a whole worker from its first record until every flow is stored."""
+def bench_config(bootstrap: str, topic: str, inventory: Path, cfg: GenerateConfig,
+                 partitions: int) -> tuple[str, Path, dict[str, Any]]:
+    """Fresh topic names, a fresh chdb store and the worker settings of one measurement."""
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     store = Path(tempfile.mkdtemp(prefix="segflow-bench-store-"))
-    settings = load_settings(None, **{
+    config: dict[str, Any] = {
         "kafka": {"bootstrap": bootstrap, "session_timeout": 6.0},
         "topics": {"raw": {topic: "canonical"}, "flows": f"{prefix}-flows",
                    "state": f"{prefix}-state", "inventory": f"{prefix}-inventory",
+                   "control": f"{prefix}-control",
                    "dead_letter": f"{prefix}-dlq", "violations": f"{prefix}-violations",
                    "candidate_rules": f"{prefix}-rules", "flows_partitions": partitions},
         "audit": {"start": cfg.start, "days": cfg.audit_days},
         "store": f"chdb://{store}", "app_id": prefix, "metrics_port": 0,
         "inventory_file": str(inventory),
-    })
+    }
+    return prefix, store, config
+
+
+async def stage_alone(config: dict[str, Any], role: str, expected: int) -> float:
+    """flows/s of one stage on its own: ingest until every flow is on the internal topic,
+    or the stateful stage over an internal topic ingest already filled."""
+    metrics = Metrics()
+    worker = Worker(load_settings(None, **{**config, "role": role}), metrics)
+    flows = config["topics"]["flows"]
+    if role == "ingest":
+        first = metrics.records_in.labels(next(iter(config["topics"]["raw"])))
+        last = metrics.records_out.labels(flows)
+    else:
+        first = last = metrics.records_in.labels(flows)
+    await worker.start()
+    tune_gc()
+    try:
+        while first._value.get() == 0:
+            await asyncio.sleep(0.01)
+        t0 = time.perf_counter()
+        while last._value.get() < expected:
+            await asyncio.sleep(0.01)
+        if worker.sink is not None:
+            await worker.sink.flush()
+        return expected / (time.perf_counter() - t0)
+    finally:
+        await worker.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def counter_value(port: int, name: str, label: str) -> float:
+    """A counter from a worker's /metrics page (0 when absent or unreachable)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as r:
+            text = r.read().decode()
+    except OSError:
+        return 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and label in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def process_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def worker_rate(bootstrap: str, topic: str, inventory: Path, cfg: GenerateConfig,
+                      expected: int, partitions: int, *, split: bool
+                      ) -> tuple[float, dict[str, float]]:
+    """flows/s of a whole worker from its first record until every flow is stored; with
+    ``split`` the ingest stage runs as its own process (``segflow worker --role ingest``)."""
+    _, store, config = bench_config(bootstrap, topic, inventory, cfg, partitions)
+    child: subprocess.Popen[bytes] | None = None
+    port = 0
+    if split:
+        port = free_port()
+        cfg_path = store / "ingest.json"
+        cfg_path.write_text(json.dumps({**config, "role": "ingest", "metrics_port": port,
+                                        "store": "chdb://unused"}))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SEGFLOW_")}
+        child = subprocess.Popen([str(Path(sys.executable).parent / "segflow"), "worker",
+                                  "--config", str(cfg_path)], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    settings = load_settings(None, **{**config, "role": "stateful" if split else "all"})
     metrics = Metrics()
     worker = Worker(settings, metrics)
     applied = metrics.records_in.labels(settings.topics.flows)
     stored = metrics.rows_stored.labels("edge_minute")
     raw_in = metrics.records_in.labels(topic)
     await worker.start()
+    tune_gc()  # as `segflow worker` does once started
     try:
         t0 = None
         while True:
             await asyncio.sleep(0.02)
-            if t0 is None and raw_in._value.get() > 0:
-                t0, c0, b0 = time.perf_counter(), time.process_time(), broker_cpu_seconds()
+            if t0 is None:
+                started = (await asyncio.to_thread(counter_value, port,
+                                                   "segflow_records_in_total", topic)
+                           if child else raw_in._value.get())
+                if started > 0:
+                    t0, c0, b0 = time.perf_counter(), time.process_time(), broker_cpu_seconds()
+                    k0 = process_cpu_seconds(child.pid) if child else 0.0
             if applied._value.get() >= expected and worker.sink is not None:
                 await worker.sink.flush()
                 break
@@ -151,12 +237,17 @@ async def worker_rate(bootstrap: str, topic: str, inventory: Path, cfg: Generate
         assert t0 is not None and stored._value.get() > 0
         seconds = {s: metrics.batch_seconds.labels(s)._sum.get()
                    for s in ("ingest", "stateful", "sink")}
-        seconds["cpu"] = (time.process_time() - c0) / (t1 - t0)
+        k1 = process_cpu_seconds(child.pid) if child else 0.0
+        seconds["cpu"] = (time.process_time() - c0 + k1 - k0) / (t1 - t0)
+        seconds["cpu_ingest"] = (k1 - k0) / (t1 - t0)
         b1 = broker_cpu_seconds()
         seconds["broker"] = (b1 - b0) / (t1 - t0) if b0 is not None and b1 is not None else 0.0
         return expected / (t1 - t0), seconds
     finally:
         await worker.stop()
+        if child is not None:
+            child.terminate()
+            child.wait(timeout=60)
 
 
 def main() -> int:
@@ -173,23 +264,39 @@ def main() -> int:
     lines, inventory, cfg = make_estate(args.flows, work)
     n = len(lines)
     print(f"{n:,} flows, broker {bootstrap}")
-    print(f"{'records/msg':>11} {'floor flows/s':>14} {'worker flows/s':>15} {'ratio':>6}  "
-          "worker CPU  broker CPU  busy s (ingest/stateful/sink)")
+    print(f"{'records/msg':>11} {'worker':>8} {'floor flows/s':>14} {'worker flows/s':>15} "
+          f"{'ratio':>6}  worker CPU  broker CPU  ingest CPU")
     for shape in (int(x) for x in args.shapes.split(",")):
         topic = fill_topic(bootstrap, lines, shape, partitions=1)
-        floors, rates, runs = [], [], []
+        floors: list[float] = []
+        rates: dict[bool, list[float]] = {False: [], True: []}
+        alone: dict[str, list[float]] = {"ingest": [], "stateful": []}
+        runs: dict[bool, list[dict[str, float]]] = {False: [], True: []}
         for _ in range(args.repeat):  # alternate: the machine's load changes under us
             floors.append(asyncio.run(floor(bootstrap, topic, n)))
-            w, busy = asyncio.run(worker_rate(bootstrap, topic, inventory, cfg, n,
-                                              args.partitions))
-            rates.append(w)
-            runs.append(busy)
-        f, w = statistics.median(floors), statistics.median(rates)
-        busy = runs[rates.index(sorted(rates)[len(rates) // 2])]
-        print(f"{shape:>11} {f:>14,.0f} {w:>15,.0f} {w / f:>6.2f}  {busy['cpu']:>9.0%}  "
-              f"{busy['broker']:>9.0%}  "
-              f"{busy['ingest']:.1f}/{busy['stateful']:.1f}/{busy['sink']:.1f}"
-              f"   (runs: {', '.join(f'{r / q:.2f}' for r, q in zip(rates, floors, strict=True))})")
+            for split in (False, True):
+                w, busy = asyncio.run(worker_rate(bootstrap, topic, inventory, cfg, n,
+                                                  args.partitions, split=split))
+                rates[split].append(w)
+                runs[split].append(busy)
+            _, _, config = bench_config(bootstrap, topic, inventory, cfg, args.partitions)
+            for role in ("ingest", "stateful"):
+                alone[role].append(asyncio.run(stage_alone(config, role, n)))
+        f = statistics.median(floors)
+        for split in (False, True):
+            r = rates[split]
+            w = statistics.median(r)
+            busy = runs[split][r.index(sorted(r)[len(r) // 2])]
+            kind = "2 procs" if split else "1 proc"
+            print(f"{shape:>11} {kind:>8} {f:>14,.0f} {w:>15,.0f} {w / f:>6.2f}  "
+                  f"{busy['cpu']:>9.0%}  {busy['broker']:>9.0%}  "
+                  f"{busy['cpu_ingest']:>10.0%}   "
+                  f"(runs: {', '.join(f'{x / q:.2f}' for x, q in zip(r, floors, strict=True))})")
+        for role, r in alone.items():
+            w = statistics.median(r)
+            print(f"{shape:>11} {role + ' alone':>8} {f:>14,.0f} {w:>15,.0f} {w / f:>6.2f}  "
+                  f"(one stage, the other not running; runs: "
+                  f"{', '.join(f'{x / q:.2f}' for x, q in zip(r, floors, strict=True))})")
     return 0
 
 

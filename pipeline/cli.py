@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("worker", help="run the Kafka streaming worker (faust)")
     w.add_argument("--config", type=Path, help="config file (TOML/JSON); env vars override")
+    w.add_argument("--role", choices=("all", "ingest", "stateful"),
+                   help="stages to run (default: role setting, all): run ingest and stateful "
+                        "as two processes to use two cores")
     return p
 
 
@@ -233,7 +236,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         from pipeline.stream.worker import run_worker
     except ImportError as exc:
         raise ConfigError(f"the streaming worker is not available: {exc}") from exc
-    return run_worker(args.config)
+    return run_worker(args.config, args.role)
 
 
 COMMANDS = {"replay": cmd_replay, "generate": cmd_generate, "demo": cmd_demo,

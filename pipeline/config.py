@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -98,6 +98,9 @@ class WorkerSettings(BaseSettings):
     store: str = "chdb://var/segflow"
     inventory_file: Path | None = None  # optional seed inventory loaded at start
     internal_cidrs: tuple[str, ...] = DEFAULT_INTERNAL_CIDRS
+    # "all": ingest and stateful stages in this process; "ingest" / "stateful": one stage, so
+    # the two run as separate processes (each on its own core, scaled on their own)
+    role: Literal["all", "ingest", "stateful"] = "all"
     metrics_port: int = 9464  # Prometheus /metrics; 0 disables
     app_id: str = "segflow"  # faust app id / consumer group prefix
     web_port: int = 6066

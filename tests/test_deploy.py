@@ -307,8 +307,12 @@ def _alert_rules() -> list[dict[str, Any]]:
 def test_prometheus_scrapes_every_worker(compose: dict[str, Any]) -> None:
     jobs = {j["job_name"]: j for j in _prom_config()["scrape_configs"]}
     sd = jobs["segflow-worker"]["dns_sd_configs"][0]
-    assert sd["names"] == ["worker"] and "worker" in _services(compose)
+    workers = sorted(name for name, s in _services(compose).items()
+                     if s.get("command", [None])[0] == "worker")
+    assert workers == ["ingest", "worker"] and sorted(sd["names"]) == workers
     assert sd["port"] == int(_worker_env(compose)["SEGFLOW_METRICS_PORT"])
+    roles = {name: _services(compose)[name]["command"][2] for name in workers}
+    assert roles == {"ingest": "ingest", "worker": "stateful"}
     mounts = " ".join(_services(compose)["prometheus"]["volumes"])
     for rule_file in _prom_config()["rule_files"]:
         assert f"/etc/prometheus/{rule_file}:" in mounts

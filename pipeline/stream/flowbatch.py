@@ -96,20 +96,20 @@ def decode(data: bytes) -> FlowBatch:
     if meta.get("v") != _FORMAT:
         raise ValueError(f"unsupported flow batch format {meta.get('v')!r}")
     n = table.num_rows
-    cols = []
-    for f in FLOW_SCHEMA:
-        if f.name in table.column_names:
-            cols.append(table.column(f.name))
-        else:
-            cols.append(pa.nulls(n, f.type))
-    flows = pa.Table.from_arrays(cols, schema=FLOW_SCHEMA)
-    src = table.column(RAW_SOURCE).combine_chunks()
+    index_of = {name: i for i, name in enumerate(table.schema.names)}
+    if RAW_SOURCE not in index_of or RAW_OFFSET not in index_of:
+        raise ValueError("not a segflow flow batch: no raw source/offset columns")
+    columns = table.columns
+    flows = pa.Table.from_arrays(
+        [columns[index_of[f.name]] if f.name in index_of else pa.nulls(n, f.type)
+         for f in FLOW_SCHEMA], schema=FLOW_SCHEMA)
+    src = columns[index_of[RAW_SOURCE]].combine_chunks()
     if isinstance(src, pa.DictionaryArray):
         sources = src.dictionary.to_pylist()
         index = src.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
     else:  # an empty table may lose its dictionary
         sources, index = [], np.zeros(0, dtype=np.int32)
-    offsets = table.column(RAW_OFFSET).to_numpy().astype(np.int64, copy=False)
+    offsets = columns[index_of[RAW_OFFSET]].to_numpy().astype(np.int64, copy=False)
     start = meta.get("audit_start", meta.get("first"))
     return FlowBatch(
         flows, sources, index, offsets,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import groupby
+from itertools import groupby, repeat
 from operator import itemgetter
 from typing import cast
 
@@ -62,18 +62,21 @@ def parse_messages(
     """Parse the message ``values`` (with their ``offsets``) of one partition."""
     if parser.whole_document:
         return _documents(parser, values, offsets)
-    if values and _one_line_each(values, max_record_bytes):
-        return _parse_block(parser, b"\n".join(cast(Sequence[bytes], values)),
-                            np.asarray(offsets, dtype=np.int64),
-                            ParsedRaw(records_in=len(values)))
+    if values:
+        bulk = _plain_block(values, offsets, max_record_bytes)
+        if bulk is not None:
+            block, line_offsets = bulk
+            return _parse_block(parser, block, line_offsets,
+                                ParsedRaw(records_in=len(line_offsets)))
     chunks: list[bytes] = []  # runs of whole, non-empty lines
     chunk_offsets: list[int] = []
     chunk_lines: list[int] = []
     out = ParsedRaw()
     for value, off in zip(values, offsets, strict=True):
         if not value or value.isspace():
-            out.rejects.append(RawReject(Reject(EMPTY, "the message holds no record", b""), off,
-                                         b""))
+            raw = value or b""
+            out.rejects.append(RawReject(Reject(EMPTY, "the message holds no record", raw[:4096]),
+                                         off, raw))
             continue
         v = value.rstrip(b"\r\n")
         if len(v) <= max_record_bytes and b"\n\n" not in v and v[:1] != b"\n":
@@ -95,19 +98,31 @@ def parse_messages(
     if not chunks:
         return out
     line_offsets = np.repeat(np.asarray(chunk_offsets, dtype=np.int64), chunk_lines)
-    return _parse_block(parser, b"\n".join(chunks), line_offsets, out)
+    out = _parse_block(parser, b"\n".join(chunks), line_offsets, out)
+    out.rejects.sort(key=lambda r: r.offset)  # dead letters in input order
+    return out
 
 
-def _one_line_each(values: Sequence[bytes | None], max_record_bytes: int) -> bool:
-    """True when every message is one non-empty record (the common collector case), checked
-    without a Python-level loop over the messages."""
+def _plain_block(values: Sequence[bytes | None], offsets: Sequence[int], max_record_bytes: int
+                 ) -> tuple[bytes, np.ndarray] | None:
+    """The common case without a Python loop over messages: every message is one record or
+    NDJSON with no empty line and no record over the limit. Returns (the messages joined
+    into one block, the raw offset of each of its lines), or None for the per-message path."""
     if None in values:
-        return False
-    sizes = list(map(len, values))  # type: ignore[arg-type]
+        return None
+    vals = cast(Sequence[bytes], values)
+    sizes = list(map(len, vals))
     if min(sizes) == 0 or max(sizes) > max_record_bytes:
-        return False
-    joined = b"\n".join(values)  # type: ignore[arg-type]
-    return joined.count(b"\n") == len(values) - 1
+        return None
+    block = b"\n".join(vals)
+    if b"\n\n" in block or block[:1] == b"\n" or block[-1:] == b"\n":
+        return None
+    lines = block.count(b"\n") + 1
+    if lines == len(vals):  # one record per message
+        return block, np.asarray(offsets, dtype=np.int64)
+    per_message = np.fromiter(map(bytes.count, vals, repeat(b"\n")), dtype=np.int64,
+                              count=len(vals)) + 1
+    return block, np.repeat(np.asarray(offsets, dtype=np.int64), per_message)
 
 
 def _parse_block(parser: BlockParser, block: bytes, line_offsets: np.ndarray,

@@ -41,6 +41,14 @@ def test_unknown_raw_format_is_a_config_error(tmp_path: Path,
     assert "canonical" in err
 
 
+def test_unknown_role_is_a_config_error(tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = worker_config(tmp_path, role="both")
+    assert main(["worker", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "role" in err, err
+
+
 @pytest.mark.kafka
 def test_generate_to_kafka(kafka_bootstrap: str, capsys: pytest.CaptureFixture[str]) -> None:
     topics = new_topics(kafka_bootstrap)

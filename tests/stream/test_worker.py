@@ -17,6 +17,7 @@ with the agreed start.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -101,6 +102,32 @@ def test_one_worker_equals_replay(kafka_bootstrap: str, reference: Reference,
     assert all(orjson.loads(r.value)["src_workload"].encode() == r.key for r in recs)
     states = {r.partition for r in read_topic(kafka_bootstrap, topics.name("state"))}
     assert states == set(range(topics.flows_partitions))
+
+
+def test_ingest_and_stateful_as_two_processes_equal_replay(
+        kafka_bootstrap: str, reference: Reference, tmp_path: Path) -> None:
+    """``--role ingest`` and ``--role stateful`` as separate processes: the same results as
+    one process, and the ingest process never opens the store."""
+    topics = new_topics(kafka_bootstrap)
+    publish_inventory(kafka_bootstrap, topics, reference.inventory)
+    produce_lines(kafka_bootstrap, topics.raw, reference.lines, sizes=(1, 50))
+    store, unused = tmp_path / "store", tmp_path / "ingest-store"
+    procs = []
+    for role, path in (("ingest", unused), ("stateful", store)):
+        cfg = write_config(tmp_path / f"{role}.json", kafka_bootstrap, topics, store=path,
+                           app_id=topics.prefix, audit_start=reference.audit_start,
+                           audit_days=reference.audit_days, stream={"max_messages": 2000})
+        cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "role": role}))
+        procs.append(WorkerProcess(cfg, tmp_path / f"{role}.log").start())
+    try:
+        wait_caught_up(kafka_bootstrap, topics.prefix, topics, procs)
+    finally:
+        codes = [w.stop() for w in procs]
+    assert codes == [0, 0], [w.text()[-3000:] for w in procs]
+    assert all("Traceback" not in w.text() for w in procs)
+    assert "(ingest) started" in procs[0].text() and "(stateful) started" in procs[1].text()
+    assert not unused.exists()
+    assert_matches_replay(reference, kafka_bootstrap, topics, [store])
 
 
 def test_second_worker_joins_mid_stream(kafka_bootstrap: str, reference: Reference,
