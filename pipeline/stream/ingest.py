@@ -323,8 +323,13 @@ class IngestStage:
                 "audit_start": self.audit_start}
 
     def _progress_key(self) -> tuple[float, frozenset[str]]:
-        newest = max(self.watermarks.values(), default=float("-inf"))
-        return newest, frozenset(self._idle)
+        """(event time, idle sources) as a partition computes it from this instance's raw
+        partitions: the oldest newest-start of the busy ones, so a lagging raw partition
+        catching up (e.g. past the audit end) is reported even when the others stand still."""
+        idle = frozenset(self._idle)
+        busy = [t for s, t in self.watermarks.items() if s not in idle]
+        newest = min(busy) if busy else max(self.watermarks.values(), default=float("-inf"))
+        return newest, idle
 
     def _progress(self, skip: set[int], *, force: bool) -> list[tuple[int, bytes]]:
         """Progress-only messages for partitions that did not get flows in this batch."""

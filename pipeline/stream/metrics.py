@@ -52,6 +52,14 @@ class Metrics:
                                     ["partition"], registry=r)
         self.partitions = Gauge("segflow_partitions_owned", "Internal partitions this worker owns",
                                 registry=r)
+        self.deferred_flows = Gauge(
+            "segflow_deferred_flows",
+            "Post-audit flows held until event time passes the audit end", ["partition"],
+            registry=r)
+        self.audit_ended_early = Counter(
+            "segflow_audit_ended_early",
+            "Audits ended before event time reached their end (too many held flows)",
+            registry=r)
         self.offset_gaps = Counter("segflow_flows_offset_gaps",
                                    "Internal messages that could not be read (retention)",
                                    registry=r)

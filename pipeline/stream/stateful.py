@@ -122,6 +122,10 @@ class StatefulStage:
             self.metrics.duplicates.inc(step.dropped)
         if step.audit_ended:
             self._audit_ended[partition] = True
+        if step.ended_early:
+            self.metrics.audit_ended_early.inc()
+        if step.deferred or step.audit_ended:
+            self.metrics.deferred_flows.labels(str(partition)).set(state.deferred_rows)
         self.metrics.batch_records.labels("stateful").observe(step.rows)
         self.metrics.batch_seconds.labels("stateful").observe(time.perf_counter() - t0)
 
@@ -182,6 +186,7 @@ class StatefulStage:
 
             state = await asyncio.get_running_loop().run_in_executor(self._cpu, restore)
             self.metrics.snapshots_restored.inc()
+            self.metrics.deferred_flows.labels(str(partition)).set(state.deferred_rows)
             log.info("partition %d: restored its snapshot at offset %d", partition,
                      state.offset)
         self.states[partition] = state

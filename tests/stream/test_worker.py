@@ -22,12 +22,14 @@ import re
 import threading
 import time
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
 
+from pipeline.core.enrich import Orienter, enrich
 from pipeline.core.events import iso
 from pipeline.core.inventory import load_inventory
 from pipeline.sources.canonical import CanonicalParser
@@ -365,6 +367,63 @@ def test_a_worker_started_later_adopts_the_agreed_start(
     assert any(m.offsets.min() >= sent_before_b for m in msgs if m.num_rows)  # b's own
     ref = replay_reference(reference.inventory, reference.lines, tmp_path / "flows.jsonl",
                            audit_start=first, audit_days=reference.audit_days)
+    assert_matches_replay(ref, kafka_bootstrap, topics, [store])
+
+
+def _split_late_audit(ref: Reference) -> tuple[list[bytes], list[bytes], bytes]:
+    """(A, B, marker): B is the audit flows of about half the clients, A everything else
+    (their post-audit flows included, so both feed the same internal partitions); the
+    marker, a rejected attempt from the internet just after the audit end that raises no
+    event, ends B so its event time passes the audit end."""
+    *lines, last = ref.lines
+    block = parse_messages(CanonicalParser(), lines, list(range(len(lines))),
+                           max_record_bytes=1 << 20)
+    inventory = load_inventory(ref.inventory)
+    e = enrich(block.flows, inventory, Orienter())
+    infos = inventory.workloads.infos
+    to_b = np.array([zlib.crc32(f"{i.key}#b".encode()) % 2 for i in infos], bool)
+    end = ref.audit_start + ref.audit_days * 86_400
+    b = to_b[e.client_wid] & (e.start < end)
+    marker = orjson.loads(sentinel(ESTATE))
+    marker.update(start=end + 1, end=end + 2, src_ip="192.0.2.78")
+    ab: list[list[bytes]] = [[], []]
+    for line, side in zip(lines, b.tolist(), strict=True):
+        ab[side].append(line)
+    return [*ab[0], last], ab[1], orjson.dumps(marker)
+
+
+def test_a_raw_partition_read_ahead_does_not_end_the_audit(
+        kafka_bootstrap: str, reference: Reference, tmp_path: Path) -> None:
+    """Raw partition 0 is in the topic from the start, to its end (days after the audit);
+    partition 1 brings the audit flows of half the clients only while the worker reads, in
+    slow blocks. The partitions hold partition 0's post-audit flows until their watermark
+    passes the audit end, so partition 1's audit flows are learned: equal to replay."""
+    topics = new_topics(kafka_bootstrap, raw_partitions=2)
+    publish_inventory(kafka_bootstrap, topics, reference.inventory)
+    ahead, behind, marker = _split_late_audit(reference)
+    assert len(behind) > 10_000
+    produce_lines(kafka_bootstrap, topics.raw, ahead, sizes=(50, 1), partition=0)
+    store = tmp_path / "store"
+    cfg = write_config(tmp_path / "w.json", kafka_bootstrap, topics, store=store,
+                       app_id=topics.prefix, audit_start=reference.audit_start,
+                       audit_days=reference.audit_days, stream={"max_messages": 5000})
+    w = WorkerProcess(cfg, tmp_path / "w.log").start()
+    try:
+        wait_assigned(kafka_bootstrap, f"{topics.prefix}-ingest", topics.raw, 1, [w])
+        for lo in range(0, len(behind), 1500):  # never quiet for 5 s: not idle
+            produce_lines(kafka_bootstrap, topics.raw, behind[lo:lo + 1500], sizes=(1,),
+                          partition=1)
+            time.sleep(0.2)
+        produce_lines(kafka_bootstrap, topics.raw, [marker], partition=1)
+        wait_caught_up(kafka_bootstrap, topics.prefix, topics, [w])
+    finally:
+        assert w.stop() == 0, w.text()[-3000:]
+    held = [int(n) for n in re.findall(r"applying (\d+) post-audit flows held", w.text())]
+    assert sum(held) > 1000, w.text()[-3000:]  # partition 0 really was read ahead
+    assert "ending the audit now" not in w.text()
+    lines = sorted([*reference.lines, marker], key=lambda r: float(orjson.loads(r)["start"]))
+    ref = replay_reference(reference.inventory, lines, tmp_path / "flows.jsonl",
+                           audit_start=reference.audit_start, audit_days=reference.audit_days)
     assert_matches_replay(ref, kafka_bootstrap, topics, [store])
 
 
