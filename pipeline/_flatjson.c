@@ -434,9 +434,82 @@ out:
     return result;
 }
 
+
+/*
+ * join_lines(values: tuple[bytes, ...], max_bytes: int) -> (bytes, bytes) | None
+ *
+ * Kafka message values that are each one record or NDJSON of several, joined into one block
+ * with '\n', plus the index of the message of every line (int32 array as bytes). None unless
+ * every value is non-empty bytes of at most ``max_bytes`` with no empty line (no leading,
+ * trailing or doubled '\n'): the caller then takes its per-message path.
+ */
+static PyObject *join_lines(PyObject *self, PyObject *args) {
+    PyObject *seq;
+    Py_ssize_t max_bytes;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O!n", &PyTuple_Type, &seq, &max_bytes))
+        return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(seq), total = n ? n - 1 : 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *v = PyTuple_GET_ITEM(seq, i);
+        if (!PyBytes_Check(v))
+            Py_RETURN_NONE;
+        Py_ssize_t len = PyBytes_GET_SIZE(v);
+        const char *s = PyBytes_AS_STRING(v);
+        if (len == 0 || len > max_bytes || s[0] == '\n' || s[len - 1] == '\n')
+            Py_RETURN_NONE;
+        total += len;
+    }
+    if (total >= INT32_MAX)
+        Py_RETURN_NONE;
+    PyObject *block = PyBytes_FromStringAndSize(NULL, total);
+    if (!block)
+        return NULL;
+    buf_t lines = {0};
+    int bad = 0, failed = 0;
+    char *out = PyBytes_AS_STRING(block);
+    Py_BEGIN_ALLOW_THREADS
+    char *w = out;
+    for (Py_ssize_t i = 0; i < n && !bad && !failed; i++) {
+        PyObject *v = PyTuple_GET_ITEM(seq, i); /* the tuple keeps every value alive */
+        Py_ssize_t len = PyBytes_GET_SIZE(v);
+        const char *s = PyBytes_AS_STRING(v), *e = s + len;
+        int32_t msg = (int32_t)i;
+        if (i)
+            *w++ = '\n';
+        memcpy(w, s, (size_t)len);
+        w += len;
+        if (buf_put(&lines, &msg, sizeof msg))
+            failed = 1;
+        for (const char *q = s; (q = memchr(q, '\n', (size_t)(e - q))) != NULL; q++) {
+            if (q[1] == '\n') { /* an empty line (a trailing '\n' was refused above) */
+                bad = 1;
+                break;
+            }
+            if (buf_put(&lines, &msg, sizeof msg)) {
+                failed = 1;
+                break;
+            }
+        }
+    }
+    Py_END_ALLOW_THREADS
+    PyObject *result = NULL;
+    if (failed)
+        PyErr_NoMemory();
+    else if (bad)
+        result = Py_NewRef(Py_None);
+    else
+        result = Py_BuildValue("(ON)", block, as_bytes(&lines));
+    Py_DECREF(block);
+    free(lines.p);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"decode", decode, METH_VARARGS,
      "decode(block, names, kinds) -> (rows, line_of_row, bad_lines, records, columns) | None"},
+    {"join_lines", join_lines, METH_VARARGS,
+     "join_lines(values, max_bytes) -> (block, message_of_line) | None"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -77,4 +77,16 @@ def decode(block: bytes, schema: FlatSchema) -> FlatRows | None:
                     np.frombuffer(bad, np.int32), records)
 
 
-__all__ = ["FlatRows", "FlatSchema", "available", "decode"]
+def join_lines(values: tuple[bytes, ...], max_bytes: int) -> tuple[bytes, np.ndarray] | None:
+    """Kafka message values joined with newlines into one block, and the message index of
+    every line; None when some value is empty, over ``max_bytes`` or holds an empty line.
+    Only call when :func:`available`."""
+    assert _ext is not None
+    out = _ext.join_lines(values, max_bytes)
+    if out is None:
+        return None
+    block, message_of_line = out
+    return block, np.frombuffer(message_of_line, np.int32)
+
+
+__all__ = ["FlatRows", "FlatSchema", "available", "decode", "join_lines"]

@@ -59,12 +59,15 @@ _message = st.one_of(
 )
 
 
+@pytest.mark.parametrize("no_ext", ["", "1"], ids=["C", "pure-python"])
 @settings(max_examples=150, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(_message, min_size=1, max_size=12))
-def test_batched_equals_one_by_one(values: list[bytes]) -> None:
+@given(values=st.lists(_message, min_size=1, max_size=12))
+def test_batched_equals_one_by_one(values: list[bytes], no_ext: str) -> None:
     offsets = list(range(50, 50 + len(values)))
-    got = parse_messages(get_parser("canonical"), values, offsets, max_record_bytes=LIMIT)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SEGFLOW_NO_EXT", no_ext)
+        got = parse_messages(get_parser("canonical"), values, offsets, max_record_bytes=LIMIT)
     assert summary(got) == summary(one_by_one(values, offsets))
     reasons = {r.reject.reason for r in got.rejects}
     if b"" in values or b"   " in values:
