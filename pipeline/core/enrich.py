@@ -40,6 +40,8 @@ SERVICE_PORTS = np.array(
     ),
     dtype=np.int32,
 )
+_IS_SERVICE = np.zeros(65536, dtype=bool)
+_IS_SERVICE[SERVICE_PORTS] = True
 EPHEMERAL_FLOOR = 32768
 _LISTENERS_MAX = 1 << 20  # confirmed (address, port) listeners kept (cleared when full)
 
@@ -115,8 +117,8 @@ class Orienter:
         pure_syn = known & ((flags & TCP_SYN) != 0) & ((flags & TCP_ACK) == 0)
         decide(pure_syn, False)
         self._learn(dst_addr[pure_syn], dst_port[pure_syn], addrs)
-        src_svc = np.isin(src_port, SERVICE_PORTS)
-        dst_svc = np.isin(dst_port, SERVICE_PORTS)
+        src_svc = _IS_SERVICE[src_port & 0xFFFF]  # ports are 0..65535 once normalised
+        dst_svc = _IS_SERVICE[dst_port & 0xFFFF]
         decide(src_svc ^ dst_svc, src_svc)
         src_priv = (src_port > 0) & (src_port < 1024)
         dst_priv = (dst_port > 0) & (dst_port < 1024)
