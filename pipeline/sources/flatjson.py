@@ -9,6 +9,7 @@ returns None and parsers use their general path for everything.
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass
 from types import ModuleType
@@ -18,7 +19,7 @@ import pyarrow as pa
 
 _ext: ModuleType | None
 try:
-    from pipeline import _flatjson as _ext  # type: ignore[attr-defined]
+    _ext = importlib.import_module("pipeline._flatjson")
 except ImportError:  # pragma: no cover - built by `pip install` wherever a C compiler exists
     _ext = None
 
