@@ -144,9 +144,11 @@ def bench_config(bootstrap: str, topic: str, inventory: Path, cfg: GenerateConfi
     return prefix, store, config
 
 
-async def stage_alone(config: dict[str, Any], role: str, expected: int) -> float:
-    """flows/s of one stage on its own: ingest until every flow is on the internal topic,
-    or the stateful stage over an internal topic ingest already filled."""
+async def stage_alone(config: dict[str, Any], role: str, expected: int
+                      ) -> tuple[float, float, float]:
+    """(flows/s, CPU µs per flow of the stage, of the broker) of one stage on its own: ingest
+    until every flow is on the internal topic, or the stateful stage over an internal topic
+    ingest already filled."""
     metrics = Metrics()
     worker = Worker(load_settings(None, **{**config, "role": role}), metrics)
     flows = config["topics"]["flows"]
@@ -160,12 +162,15 @@ async def stage_alone(config: dict[str, Any], role: str, expected: int) -> float
     try:
         while first._value.get() == 0:
             await asyncio.sleep(0.01)
-        t0 = time.perf_counter()
+        t0, c0, b0 = time.perf_counter(), time.process_time(), broker_cpu_seconds()
         while last._value.get() < expected:
             await asyncio.sleep(0.01)
         if worker.sink is not None:
             await worker.sink.flush()
-        return expected / (time.perf_counter() - t0)
+        b1 = broker_cpu_seconds()
+        broker = (b1 - b0) if b0 is not None and b1 is not None else 0.0
+        return (expected / (time.perf_counter() - t0),
+                (time.process_time() - c0) / expected * 1e6, broker / expected * 1e6)
     finally:
         await worker.stop()
 
@@ -270,7 +275,7 @@ def main() -> int:
         topic = fill_topic(bootstrap, lines, shape, partitions=1)
         floors: list[float] = []
         rates: dict[bool, list[float]] = {False: [], True: []}
-        alone: dict[str, list[float]] = {"ingest": [], "stateful": []}
+        alone: dict[str, list[tuple[float, float, float]]] = {"ingest": [], "stateful": []}
         runs: dict[bool, list[dict[str, float]]] = {False: [], True: []}
         for _ in range(args.repeat):  # alternate: the machine's load changes under us
             floors.append(asyncio.run(floor(bootstrap, topic, n)))
@@ -292,11 +297,18 @@ def main() -> int:
                   f"{busy['cpu']:>9.0%}  {busy['broker']:>9.0%}  "
                   f"{busy['cpu_ingest']:>10.0%}   "
                   f"(runs: {', '.join(f'{x / q:.2f}' for x, q in zip(r, floors, strict=True))})")
-        for role, r in alone.items():
+        cpu_us = 0.0
+        for role, got in alone.items():
+            r = [g[0] for g in got]
             w = statistics.median(r)
+            us = statistics.median(g[1] for g in got)
+            broker_us = statistics.median(g[2] for g in got)
+            cpu_us += us + broker_us
             print(f"{shape:>11} {role + ' alone':>8} {f:>14,.0f} {w:>15,.0f} {w / f:>6.2f}  "
-                  f"(one stage, the other not running; runs: "
+                  f"{us:>6.2f} µs CPU/flow, broker {broker_us:.2f} µs  (runs: "
                   f"{', '.join(f'{x / q:.2f}' for x, q in zip(r, floors, strict=True))})")
+        print(f"{'':>11} at 0.8 × floor both stages and the broker need "
+              f"{cpu_us * 0.8 * f / 1e6:.2f} cores (this machine: {os.cpu_count()})")
     return 0
 
 
