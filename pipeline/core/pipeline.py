@@ -47,6 +47,7 @@ from pipeline.core.workloads import WORLD
 DATA_PORTS = frozenset({1433, 1521, 3306, 5432, 5984, 6379, 7000, 9042, 9200, 11211, 27017})
 ADMIN_PORTS = frozenset({22, 23, 135, 445, 3389, 5900, 5985, 5986})
 _TYPE_CODE = {t: i for i, t in enumerate(TYPES)}
+SERVICE_CLIENTS_MAX = 8  # known_clients_of_service: the first clients by workload key
 
 EDGE_MINUTE_SCHEMA = pa.schema(
     [
@@ -134,7 +135,7 @@ class Pipeline:
         self.audit_start: float | None = settings.audit_start
         self.rules_emitted = False
         self._pair_ports: dict[int, list[int]] = {}
-        self._service_clients: dict[tuple[int, int, int], list[int]] = {}
+        self._service_clients: dict[tuple[int, int, int], list[str]] = {}  # → client keys
         self.counts: dict[str, int] = defaultdict(int)
 
     @property
@@ -145,8 +146,12 @@ class Pipeline:
 
     # -- the batch path ------------------------------------------------------------------
     def process(self, flows: pa.Table, *, source_id: str = "", block: int = 0,
-                version: int = 0) -> BatchOutput:
-        """Run one normalised flow batch through every stage."""
+                version: int = 0, watermark: float | None = None) -> BatchOutput:
+        """Run one normalised flow batch through every stage.
+
+        Violation windows then advance to the batch's newest flow start (replay: time-sorted
+        input), or at most to ``watermark`` when given: event time the caller knows every
+        source has reached (streaming, where a batch can run ahead of other sources)."""
         out = BatchOutput(flows=flows.num_rows)
         if flows.num_rows == 0:
             return out
@@ -172,7 +177,8 @@ class Pipeline:
                 out.rules.extend(self._end_audit())
             violating = self._score(e, keys, ~in_audit)
         out.edge_minutes = self._aggregate(e, keys, in_audit, violating, source_id, block, version)
-        self.windows.advance(float(e.start.max()))
+        newest = float(e.start.max())
+        self.windows.advance(newest if watermark is None else min(newest, watermark))
         out.violations.extend(self._events(self.windows.take_forced()))
         out.violations.extend(self._events(self.windows.close()))
         for k in ("flows", "audit_flows", "enforce_flows", "late_audit_flows"):
@@ -196,19 +202,34 @@ class Pipeline:
         return self._rule_events(final=True)
 
     def rebuild_lookups(self) -> None:
-        """Evidence lookups over the frozen baseline (known ports per pair, clients per service)."""
+        """Evidence lookups over the frozen baseline: known ports per pair, and per service
+        its first :data:`SERVICE_CLIENTS_MAX` clients by workload key (a property of the data,
+        not of learning order or process-local ids, so partitions' lists can be merged)."""
         n = len(self.baseline)
         client, server, port, proto = unpack_keys(self.baseline.keys_[:n])
         pairs: dict[int, set[int]] = defaultdict(set)
-        svc: dict[tuple[int, int, int], list[int]] = defaultdict(list)
-        for c, s, p, pr in zip(client.tolist(), server.tolist(), port.tolist(), proto.tolist(),
-                               strict=True):
+        for c, s, p in zip(client.tolist(), server.tolist(), port.tolist(), strict=True):
             pairs[(c << 19) | s].add(p)
-            lst = svc[(s, p, pr)]
-            if len(lst) < 8:
-                lst.append(c)
         self._pair_ports = {k: sorted(v) for k, v in pairs.items()}
-        self._service_clients = dict(svc)
+        names = self.workloads.keys()[client].astype(str)
+        order = np.lexsort((names, proto, port, server))
+        svc = np.stack([server, port, proto], axis=1)[order]
+        head = np.r_[True, (svc[1:] != svc[:-1]).any(axis=1)] if n else np.zeros(0, bool)
+        starts = np.flatnonzero(head)
+        rank = np.arange(n) - starts[np.cumsum(head) - 1]
+        keep = rank < SERVICE_CLIENTS_MAX
+        kept_names = names[order][keep].tolist()
+        sizes = np.minimum(np.diff(np.r_[starts, n]), SERVICE_CLIENTS_MAX)
+        ends = np.cumsum(sizes)
+        self._service_clients = {
+            (int(s), int(p), int(pr)): kept_names[lo:hi]
+            for (s, p, pr), lo, hi in zip(svc[starts].tolist(), (ends - sizes).tolist(),
+                                          ends.tolist(), strict=True)}
+
+    def service_clients(self) -> dict[tuple[str, int, int], list[str]]:
+        """(server key, port, proto) → its first known clients by key (after the audit)."""
+        infos = self.workloads.infos
+        return {(infos[s].key, p, pr): c for (s, p, pr), c in self._service_clients.items()}
 
     def _rule_events(self, *, final: bool) -> list[dict[str, Any]]:
         if final:
@@ -405,9 +426,8 @@ class Pipeline:
         outside = a.client == WORLD or self.workloads.infos[a.client].kind == "unknown"
         blocked = a.rejected == a.count
         if a.type == NEW_EDGE:
-            clients = self._service_clients.get((a.server, a.port, a.proto), [])
-            expected: dict[str, Any] = {
-                "known_clients_of_service": [self.workloads.infos[c].key for c in clients]}
+            expected: dict[str, Any] = {"known_clients_of_service": list(
+                self._service_clients.get((a.server, a.port, a.proto), []))}
             score = 60 + (15 if a.port in DATA_PORTS or a.port in ADMIN_PORTS else 0)
             score += 10 if outside else 0
             reason = f"{src} connected to {dst} on {port}, an edge never seen during the audit."
@@ -478,4 +498,4 @@ def _human(n: float) -> str:
     return f"{n:.0f} PB"
 
 
-__all__ = ["EDGE_MINUTE_SCHEMA", "BatchOutput", "CoreSettings", "Pipeline"]
+__all__ = ["EDGE_MINUTE_SCHEMA", "SERVICE_CLIENTS_MAX", "BatchOutput", "CoreSettings", "Pipeline"]

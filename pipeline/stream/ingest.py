@@ -11,7 +11,9 @@ message is acknowledged; a crash in between re-sends rows the stateful stage the
 
 The stage also reports event-time progress (newest flow start per raw partition, idle raw
 partitions) in every message, and to partitions that got no flows for a while, so that every
-internal partition can close its violation windows. Every message carries the audit start:
+internal partition can close its violation windows (a partition's earlier messages of one
+batch report, for raw partitions with rows still to come, their progress before the batch).
+Every message carries the audit start:
 ``audit.start`` when configured, else the one agreed on the control topic
 (:mod:`pipeline.stream.control`) before the stage sends its first flows.
 """
@@ -72,6 +74,7 @@ class Parsed:
     offsets: list[np.ndarray] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
     first: float | None = None  # earliest flow start
+    before: dict[str, float] = field(default_factory=dict)  # per source: progress before it
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -245,6 +248,7 @@ class IngestStage:
             starts = block.flows.column("start")
             newest = float(pc.max(starts).as_py())
             oldest = float(pc.min(starts).as_py())
+            parsed.before[src] = self.watermarks.get(src, oldest)
             self.watermarks[src] = max(self.watermarks.get(src, newest), newest)
             parsed.first = oldest if parsed.first is None else min(parsed.first, oldest)
             parsed.index.append(np.full(n, len(parsed.sources), dtype=np.int32))
@@ -273,9 +277,17 @@ class IngestStage:
         meta = self._meta(frozenset(sources))
         start = 0
         for p, c in enumerate(counts.tolist()):
+            # where each source's rows for p end: a message followed by more of a source's
+            # rows reports that source's progress from before the batch, so the partition's
+            # watermark never passes rows still to come in the batch's next messages
+            u, rev = np.unique(src_idx[start:start + c][::-1], return_index=True)
+            ends = list(zip(u.tolist(), (start + c - rev).tolist(), strict=True))
             for lo, hi in _cuts(src_idx, offs, start, start + c, self.stream.message_rows):
+                pending = {sources[i]: parsed.before[sources[i]] for i, end in ends if end > hi}
+                m = meta if not pending else {
+                    **meta, "watermarks": {**meta["watermarks"], **pending}}
                 out.messages.append((p, encode(flows.slice(lo, hi - lo), sources,
-                                               src_idx[lo:hi], offs[lo:hi], **meta)))
+                                               src_idx[lo:hi], offs[lo:hi], **m)))
             start += c
         sent_to = {p for p, c in enumerate(counts.tolist()) if c}
         for p in sent_to:

@@ -60,6 +60,13 @@ class Metrics:
             "segflow_audit_ended_early",
             "Audits ended before event time reached their end (too many held flows)",
             registry=r)
+        self.held_events = Gauge(
+            "segflow_held_events",
+            "new_edge events held until every partition's service map is known",
+            ["partition"], registry=r)
+        self.events_incomplete = Counter(
+            "segflow_events_incomplete",
+            "new_edge events released with partial known clients (too many held)", registry=r)
         self.offset_gaps = Counter("segflow_flows_offset_gaps",
                                    "Internal messages that could not be read (retention)",
                                    registry=r)

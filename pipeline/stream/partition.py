@@ -7,7 +7,9 @@ that makes reprocessing harmless. Pure (no Kafka): the stateful stage feeds it m
   batch boundaries) changes nothing.
 * event time — the ingest side reports the newest flow start per raw partition; the
   watermark is the minimum over the raw partitions that are not idle. It ends the audit and
-  closes violation windows even on a partition that receives no flows of its own.
+  closes violation windows even on a partition that receives no flows of its own, and bounds
+  how far a message's flows advance windows (a message can run ahead of other raw
+  partitions whose flows for the same windows are still to come).
 * audit start — a pipeline without one adopts the start the messages carry (configured or
   agreed by all workers, :mod:`pipeline.stream.control`); one it has (from the settings or a
   snapshot) is kept, and a message carrying another start is logged.
@@ -18,8 +20,12 @@ that makes reprocessing harmless. Pure (no Kafka): the stateful stage feeds it m
   message whose watermark passes the end applies them — with its own flows, in one core
   batch in event-time order, under its own offset as block — so replaying the same messages
   gives the same rows. Beyond :data:`MAX_DEFERRED_ROWS` held rows the audit ends early.
+* known clients of a service — ``new_edge`` events list the service's clients over *every*
+  partition (:mod:`pipeline.stream.services`); with a :attr:`services` directory attached they
+  are held (``held_events``, in order) until every partition's map is known, then completed.
+  Beyond :data:`MAX_HELD_EVENTS` the oldest are released with the clients known so far.
 
-A snapshot is this bookkeeping (the held flows as Arrow IPC) plus
+A snapshot is this bookkeeping (the held flows as Arrow IPC, the held events) plus
 :func:`pipeline.core.snapshot.dump_state`; restoring it and replaying the messages after
 ``offset`` gives the same outputs as never stopping.
 """
@@ -29,6 +35,7 @@ from __future__ import annotations
 import logging
 import struct
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import orjson
@@ -40,6 +47,7 @@ from pipeline.core.inventory import Inventory
 from pipeline.core.pipeline import BatchOutput, CoreSettings, Pipeline
 from pipeline.core.snapshot import dump_state, load_state
 from pipeline.stream.flowbatch import FlowBatch
+from pipeline.stream.services import ServiceDirectory, is_new_edge
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +57,9 @@ _HEADER = struct.Struct(">4sI")
 # each in memory, ~30 B in a snapshot). A row count, not bytes: whether (and where) the cap
 # ends the audit early must be the same when the messages are replayed from a snapshot.
 MAX_DEFERRED_ROWS = 1_000_000
+# new_edge events one partition holds until every partition's service map is known (~1.5 KB
+# each in memory and in a snapshot, so ≤ ~75 MB)
+MAX_HELD_EVENTS = 50_000
 _IPC_OPTIONS = pa.ipc.IpcWriteOptions(
     compression="zstd" if pa.Codec.is_available("zstd") else None)
 
@@ -63,6 +74,7 @@ class Step:
     audit_ended: bool = False
     deferred: int = 0  # post-audit rows held until the watermark passes the audit end
     ended_early: bool = False  # the audit ended because MAX_DEFERRED_ROWS was exceeded
+    incomplete: int = 0  # new_edge events released beyond MAX_HELD_EVENTS, clients partial
 
 
 def advance_event_time(p: Pipeline, t: float) -> BatchOutput:
@@ -94,6 +106,8 @@ class PartitionState:
     raw_partitions: dict[str, int] = field(default_factory=dict)
     event_time: float = float("-inf")  # the watermark last applied
     deferred: list[pa.Table] = field(default_factory=list)  # held post-audit flows
+    held_events: list[dict[str, Any]] = field(default_factory=list)  # new_edge, in order
+    services: ServiceDirectory | None = field(default=None, repr=False)  # not snapshotted
     _reported: set[float] = field(default_factory=set, init=False, repr=False)  # warned of
 
     def apply(self, offset: int, batch: FlowBatch) -> Step:
@@ -122,8 +136,11 @@ class PartitionState:
                 p.audit_start = float(np.min(flows.column("start").to_numpy()))
             flows = self._hold(flows, t, step)
         if flows.num_rows:
+            # windows advance no further than the watermark: a batch can run ahead of
+            # other raw partitions whose flows for the same windows are still to come
             step.output = p.process(flows, source_id=self.source_id, block=offset,
-                                    version=flows.num_rows)
+                                    version=flows.num_rows,
+                                    watermark=float("-inf") if t is None else t)
         end = p.audit_end
         due = end is not None and t is not None and t >= end and not p.baseline.frozen_
         if t is not None and (t > self.event_time or due):
@@ -133,7 +150,38 @@ class PartitionState:
             step.output.rules.extend(more.rules)
         self.offset = offset
         step.audit_ended = p.baseline.frozen_ and not frozen
+        step.output.violations = self._complete(step.output.violations, step)
         return step
+
+    def _complete(self, events: list[dict[str, Any]], step: Step) -> list[dict[str, Any]]:
+        """``events`` to emit now: new_edge ones completed with every partition's clients of
+        the service, or held (after those held before) until every partition's map is known."""
+        d = self.services
+        if d is None:
+            return events
+        if not self.held_events and not any(is_new_edge(e) for e in events):
+            return events
+        out = [e for e in events if not is_new_edge(e)]
+        self.held_events.extend(e for e in events if is_new_edge(e))
+        if d.complete:
+            out.extend(self.release())
+        elif len(self.held_events) > MAX_HELD_EVENTS:
+            n = len(self.held_events) - MAX_HELD_EVENTS
+            early, self.held_events = self.held_events[:n], self.held_events[n:]
+            out.extend(d.complete_event(e) for e in early)
+            step.incomplete = n
+            log.warning("partition %d: more than %d new_edge events wait for the service maps "
+                        "of partitions %s; releasing %d with the clients known so far",
+                        self.partition, MAX_HELD_EVENTS, d.missing(), n)
+        return out
+
+    def release(self) -> list[dict[str, Any]]:
+        """The held new_edge events, completed, once every partition's map is known."""
+        d = self.services
+        if d is None or not self.held_events or not d.complete:
+            return []
+        held, self.held_events = self.held_events, []
+        return [d.complete_event(e) for e in held]
 
     @property
     def deferred_rows(self) -> int:
@@ -220,7 +268,7 @@ class PartitionState:
             "applied": self.applied, "watermarks": self.watermarks, "idle": sorted(self.idle),
             "raw_partitions": self.raw_partitions,
             "event_time": self.event_time if np.isfinite(self.event_time) else None,
-            "deferred_bytes": len(held),
+            "held_events": self.held_events, "deferred_bytes": len(held),
         })
         return _HEADER.pack(_MAGIC, len(header)) + header + held + dump_state(self.pipeline)
 
@@ -244,6 +292,7 @@ class PartitionState:
             idle=set(h["idle"]), raw_partitions={k: int(v) for k, v in
                                                  h["raw_partitions"].items()},
             event_time=float("-inf") if et is None else float(et), deferred=deferred,
+            held_events=list(h.get("held_events", [])),
         )
 
 
@@ -265,4 +314,5 @@ def _from_ipc(data: bytes) -> list[pa.Table]:
     return [table]
 
 
-__all__ = ["MAX_DEFERRED_ROWS", "PartitionState", "Step", "advance_event_time"]
+__all__ = ["MAX_DEFERRED_ROWS", "MAX_HELD_EVENTS", "PartitionState", "Step",
+           "advance_event_time"]

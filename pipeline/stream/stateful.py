@@ -19,6 +19,12 @@ offset is *ahead* of the snapshot the messages in between are read directly and 
 first. So a crash anywhere re-applies at most the messages after the last snapshot —
 idempotently: aggregates carry ``(source_id, block)`` keys that replace, events
 deterministic ids.
+
+At its audit end (and again when restored after it) a partition publishes its service map to
+the control topic; the stage follows that topic on every :meth:`tick` into a
+:class:`~pipeline.stream.services.ServiceDirectory`, and new_edge events held by its
+partitions are completed and emitted once every partition's map is known
+(:mod:`pipeline.stream.services`).
 """
 
 from __future__ import annotations
@@ -30,14 +36,18 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
+from aiokafka.errors import KafkaError
+
 from pipeline.config import WorkerSettings
-from pipeline.core.pipeline import Pipeline
+from pipeline.core.pipeline import EDGE_MINUTE_SCHEMA, Pipeline
+from pipeline.stream.clients import aiokafka_kwargs
 from pipeline.stream.flowbatch import decode
 from pipeline.stream.inventory_topic import InventoryFeed
 from pipeline.stream.metrics import Metrics
 from pipeline.stream.outputs import EventPublisher
 from pipeline.stream.partition import PartitionState
 from pipeline.stream.reader import PartitionReader
+from pipeline.stream.services import ServiceDirectory, map_records, parse_map_record
 from pipeline.stream.sink import StoreSink
 from pipeline.stream.snapshots import SnapshotStore
 
@@ -76,6 +86,10 @@ class StatefulStage:
         self.last_message: dict[int, float] = {}
         self._audit_ended: dict[int, bool] = {}
         self.control: ConsumerControl | None = None
+        self.services = ServiceDirectory(settings.topics.flows_partitions)
+        self._control_reader: PartitionReader | None = None  # follows the control topic
+        self._control_next = 0
+        self._released: set[int] = set()  # partitions whose snapshot still holds emitted events
         self.lock = asyncio.Lock()
         self._cpu = ThreadPoolExecutor(1, thread_name_prefix="segflow-stateful")
         self.ready = asyncio.Event()
@@ -124,6 +138,11 @@ class StatefulStage:
             self._audit_ended[partition] = True
         if step.ended_early:
             self.metrics.audit_ended_early.inc()
+        if step.incomplete:
+            self.metrics.events_incomplete.inc(step.incomplete)
+        self.metrics.held_events.labels(str(partition)).set(len(state.held_events))
+        if step.audit_ended:
+            await self._publish_services(partition, state)
         if step.deferred or step.audit_ended:
             self.metrics.deferred_flows.labels(str(partition)).set(state.deferred_rows)
         self.metrics.batch_records.labels("stateful").observe(step.rows)
@@ -175,7 +194,8 @@ class StatefulStage:
         blob = await self.snapshots.read(partition)
         if blob is None:
             state = PartitionState(partition, Pipeline(self.core, self.feed.new_inventory()),
-                                   f"{self.settings.topics.flows}/{partition}")
+                                   f"{self.settings.topics.flows}/{partition}",
+                                   services=self.services)
         else:
             inventory = self.feed.new_inventory()
             lock = self.feed.lock(inventory)
@@ -185,13 +205,61 @@ class StatefulStage:
                     return PartitionState.from_bytes(blob, self.core, inventory)
 
             state = await asyncio.get_running_loop().run_in_executor(self._cpu, restore)
+            state.services = self.services
             self.metrics.snapshots_restored.inc()
             self.metrics.deferred_flows.labels(str(partition)).set(state.deferred_rows)
+            self.metrics.held_events.labels(str(partition)).set(len(state.held_events))
             log.info("partition %d: restored its snapshot at offset %d", partition,
                      state.offset)
         self.states[partition] = state
+        if blob is not None and state.pipeline.baseline.frozen_:
+            await self._publish_services(partition, state)  # idempotent: the same records
         self.metrics.partitions.set(len(self.states))
         return state
+
+    # -- known clients of a service ------------------------------------------------------
+    async def _publish_services(self, partition: int, state: PartitionState) -> None:
+        """Publish the partition's service map (after its audit) and wait for the broker."""
+        services = await self._run(state, state.pipeline.service_clients)
+        sent = [await self.publisher.producer.send(self.settings.topics.control, key=k,
+                                                   value=v, partition=0)
+                for k, v in map_records(partition, services)]
+        await asyncio.gather(*sent)
+        if self.services.add_local(partition, services):
+            await self._release_held()
+
+    async def _release_held(self) -> None:
+        """Emit the held new_edge events of every owned partition, once they are complete."""
+        for p, state in self.states.items():
+            events = state.release()
+            if events:
+                self.sink.add(EDGE_MINUTE_SCHEMA.empty_table(), events, [])
+                await self.publisher.publish(events, [])
+                self.metrics.held_events.labels(str(p)).set(0)
+                self._released.add(p)
+                log.info("partition %d: every partition's service map is known; emitting %d "
+                         "new_edge events held until then", p, len(events))
+
+    async def follow_control(self) -> None:
+        """Read what is new on the control topic; release held events once every
+        partition's service map is known. A broker error is logged and retried next time."""
+        if self._control_reader is None:
+            self._control_reader = PartitionReader(aiokafka_kwargs(self.settings.kafka),
+                                                   max_fetch_bytes=1 << 20)
+            await self._control_reader.start()
+        changed = False
+        try:
+            async for rec in self._control_reader.read(self.settings.topics.control, 0,
+                                                       self._control_next):
+                self._control_next = rec.offset + 1
+                chunk = parse_map_record(rec.key, rec.value)
+                changed = (chunk is not None and self.services.add(chunk)) or changed
+        except KafkaError as exc:
+            log.warning("reading the control topic %s failed (%r); retrying",
+                        self.settings.topics.control, exc)
+        if changed and self.services.complete:
+            async with self.lock:
+                await self._release_held()
 
     async def _snapshot(self, partition: int) -> None:
         state = self.states[partition]
@@ -204,6 +272,7 @@ class StatefulStage:
         for ack in self.pending.pop(partition, []):
             await ack()
         self.since_snapshot[partition] = 0
+        self._released.discard(partition)
 
     # -- rebalancing, timers, shutdown ---------------------------------------------------
     def assigned(self, partitions: set[int]) -> None:
@@ -231,7 +300,7 @@ class StatefulStage:
         for p in sorted(partitions):
             if p not in self.states:
                 continue
-            if self.pending.get(p):
+            if self.pending.get(p) or p in self._released:
                 await self._snapshot(p)
             state = self.states.pop(p)
             if park:
@@ -243,12 +312,16 @@ class StatefulStage:
         self.metrics.partitions.set(len(self.states))
 
     async def tick(self) -> None:
-        """Periodic: snapshot quiet partitions, flush a due sink, update lag gauges."""
+        """Periodic: follow the control topic, snapshot quiet partitions, flush a due sink,
+        update lag gauges."""
+        if self.ready.is_set() and not self.closed:
+            await self.follow_control()
         now = time.monotonic()
         idle = self.settings.stream.snapshot_idle_seconds
         async with self.lock:
             quiet = [p for p, acks in self.pending.items() if acks and p in self.states
                      and now - self.last_message.get(p, now) >= idle]
+            quiet += [p for p in sorted(self._released) if p in self.states and p not in quiet]
             for p in quiet:
                 await self._snapshot(p)
             if self.sink.due:
@@ -261,10 +334,15 @@ class StatefulStage:
                                                 str(p)).set(max(0, high - state.offset - 1))
 
     async def stop(self) -> None:
-        """Snapshot everything owned, stop taking messages (faust commits when it stops)."""
+        """Emit what the control topic completes, snapshot everything owned, stop taking
+        messages (faust commits when it stops)."""
+        if self.ready.is_set() and not self.closed:
+            await self.follow_control()
         async with self.lock:
             self.closed = True
             await self._release(set(self.states))
+        if self._control_reader is not None:
+            await self._control_reader.stop()
         self._cpu.shutdown(wait=True)
 
 

@@ -186,3 +186,24 @@ def test_core_imports_no_io_library():
                 names = [node.module]
             for name in names:
                 assert name.split(".")[0] not in forbidden, f"{path.name} imports {name}"
+
+
+def test_known_clients_of_a_service_are_the_first_by_key_whatever_the_learning_order():
+    """Twelve clients learn db:5432 in descending key order, in one batch or one per batch:
+    a new client's event lists the first 8 by key (partitions' lists merge to the same)."""
+    ips = [f"10.0.3.{i}" for i in range(1, 14)]
+    inv = make_inventory([{"ip": "10.0.0.10", "app": "db", "namespace": "n"},
+                          *({"ip": ip, "app": f"c{i:02d}", "namespace": "n"}
+                            for i, ip in enumerate(ips))])
+    audit = [flow(T0 + k, ips[i], "10.0.0.10", 40_000 + k, 5432)
+             for k, i in enumerate(range(11, -1, -1))]
+    late = flow(T0 + DAY + 60, ips[12], "10.0.0.10", 41_000, 5432)
+    want = [f"n/c{i:02d}" for i in range(8)]
+    for batches in ([audit], [[r] for r in audit]):
+        p = Pipeline(CoreSettings(audit_days=1, audit_start=T0), inv)
+        for b in batches:
+            p.process(flows_table(b))
+        p.process(flows_table([late]))
+        (event,) = p.flush().violations
+        assert event["evidence"]["expected"]["known_clients_of_service"] == want
+        assert p.service_clients() == {("n/db", 5432, 6): want}

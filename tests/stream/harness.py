@@ -350,22 +350,16 @@ _BATCH_DEPENDENT: dict[str, tuple[set[str], set[str]]] = {}
 
 def comparable(event: dict[str, Any]) -> dict[str, Any]:
     """An event without the fields that legitimately differ between one replay process and
-    partitioned workers (docs/streaming.md, "What equals replay"):
-
-    * ``known_clients_of_service`` lists the service's other clients *on the same partition*
-      (and in learning order).
-
-    Everything else (ids, types, counts, first/last seen, address and port samples, volume
-    hour bytes and thresholds, versions) must match exactly.
+    partitioned workers (none today, docs/streaming.md "What equals replay"): ids, types,
+    counts, first/last seen, address and port samples, volume hour bytes and thresholds,
+    versions and the known clients of a service (over every partition) must match exactly.
     """
     e = dict(event)
     top, seen = _BATCH_DEPENDENT.get(str(e.get("type")), (set(), set()))
     for k in top:
         e.pop(k, None)
-    if isinstance(e.get("evidence"), dict):
+    if isinstance(e.get("evidence"), dict) and seen:
         ev = dict(e["evidence"])
-        ev["expected"] = {k: v for k, v in ev.get("expected", {}).items()
-                          if k != "known_clients_of_service"}
         ev["seen"] = {k: v for k, v in ev.get("seen", {}).items() if k not in seen}
         e["evidence"] = ev
     return e

@@ -10,11 +10,12 @@ union (the replay reference) — also across a snapshot/restore while flows are 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pytest
 
@@ -34,8 +35,10 @@ SETTINGS = CoreSettings(audit_days=2, audit_start=T0)
 END = T0 + 2 * DAY
 LAG = 1.5 * DAY  # how far raw partition A is read ahead of B
 CHUNK = 3 * 3600.0  # flows per raw chunk (one internal message, or two merged)
+B1_MORE, B2_MORE = ("10.0.2.7", "10.0.2.8"), ("10.0.2.3", "10.0.2.4", "10.0.2.5")
 INVENTORY = [{"ip": ip, "app": app, "namespace": "n"} for ip, app in (
-    (DB, "db"), (API, "api"), (A1, "a1"), (A2, "a2"), (B1, "b1"), (B2, "b2"))]
+    (DB, "db"), (API, "api"), (A1, "a1"), (A2, "a2"), (B1, "b1"), (B2, "b2"),
+    *((ip, "b1") for ip in B1_MORE), *((ip, "b2") for ip in B2_MORE))]
 
 
 def traffic() -> dict[str, list[dict[str, Any]]]:
@@ -58,15 +61,31 @@ def traffic() -> dict[str, list[dict[str, Any]]]:
     return {s: sorted(r, key=lambda r: r["start"]) for s, r in (("A", a), ("B", b))}
 
 
-def messages() -> list[bytes]:
+def straddling() -> dict[str, list[dict[str, Any]]]:
+    """:func:`traffic` plus post-audit attacks of B whose windows straddle two of B's 50 min
+    chunks (so two messages, with A's flows 1.5 days ahead in between): a scan by b2 from four
+    addresses, and a new port of b1 from three."""
+    out = traffic()
+    cut = T0 + 63 * 3000.0  # a chunk boundary half way into an hour window (END + 4.5 h)
+    b2 = (B2, *B2_MORE)
+    out["B"] += [flow(cut - 300 + 20 * k, b2[k % 4], DB, 54_000 + k, 100 + k) for k in range(30)]
+    cut = T0 + 69 * 3000.0  # END + 9.5 h
+    b1 = (B1, *B1_MORE)
+    out["B"] += [flow(cut - 600 + 100 * k, b1[k % 3], API, 55_000 + k, 8080) for k in range(12)]
+    out["B"].sort(key=lambda r: r["start"])
+    return out
+
+
+def messages(traffic_of: Callable[[], dict[str, list[dict[str, Any]]]] = traffic,
+             chunk: float = CHUNK) -> list[bytes]:
     """The internal messages: raw chunks in arrival order (A ``LAG`` ahead of B), every third
     message two chunks merged, each carrying the ingest's newest start per raw partition;
     then a progress message far ahead (closes every window, like replay's flush)."""
     chunks = []  # (arrival, source, records)
-    for i, (name, recs) in enumerate(traffic().items()):
+    for i, (name, recs) in enumerate(traffic_of().items()):
         starts = np.array([r["start"] for r in recs])
-        for lo in np.arange(T0, starts.max() + 1, CHUNK):
-            part = [r for r, s in zip(recs, starts, strict=True) if lo <= s < lo + CHUNK]
+        for lo in np.arange(T0, starts.max() + 1, chunk):
+            part = [r for r, s in zip(recs, starts, strict=True) if lo <= s < lo + chunk]
             if part:
                 chunks.append((lo - (LAG if name == "A" else 0), i, part))
     chunks.sort(key=lambda c: (c[0], c[1]))
@@ -131,8 +150,13 @@ def baseline_of(p: Pipeline) -> dict[int, tuple[Any, ...]]:
 
 @pytest.fixture(scope="module")
 def replay_ref() -> tuple[Pipeline, Results]:
+    return replay(traffic)
+
+
+def replay(traffic_of: Callable[[], dict[str, list[dict[str, Any]]]]
+           ) -> tuple[Pipeline, Results]:
     """One core over the time-sorted union, in a few batches, then flushed: replay."""
-    recs = sorted([r for v in traffic().values() for r in v], key=lambda r: r["start"])
+    recs = sorted([r for v in traffic_of().values() for r in v], key=lambda r: r["start"])
     p = Pipeline(SETTINGS, make_inventory(INVENTORY))
     res = Results()
     for i, lo in enumerate(range(0, len(recs), 700)):
@@ -211,6 +235,40 @@ def test_held_flows_survive_a_snapshot_and_replay_identically(
     assert_equal(state, got, replay_ref)
 
 
+def test_windows_wait_for_the_lagging_raw_partition() -> None:
+    """After the audit, A runs 1.5 days ahead of B: windows follow the watermark (the slower
+    B), not A's newest flows, so B's attacks whose windows straddle two messages are one
+    event each — the scan is folded once, samples and versions as in replay — also when the
+    partition is snapshotted while those windows are open and restored."""
+    ref, want = replay(straddling)
+    msgs = messages(straddling, chunk=3000.0)
+    state, got = new_state(), Results()
+    snaps: list[tuple[int, bytes]] = []  # while the straddling windows are open
+    emitted: Counter[str] = Counter()
+    by_offset: list[list[dict[str, Any]]] = []
+    straddling_windows = {(T0 + 63 * 3000.0) // 3600 * 3600, (T0 + 69 * 3000.0) // 3600 * 3600}
+    for offset, data in enumerate(msgs):
+        step = state.apply(offset, decode(data))
+        got.add(step.output)
+        by_offset.append(step.output.violations)
+        emitted.update(v["id"] for v in step.output.violations)
+        if {k[5] for k in state.pipeline.windows.open} & straddling_windows:
+            snaps.append((offset, state.to_bytes()))
+    events = latest_by_id(want.violations)
+    scans = [v for v in events.values() if v["type"] == "scan"]
+    assert len(scans) == 2 and {s["count"] for s in scans} == {30}
+    straddled = next(v for v in events.values() if v["dst_port"] == 8080)
+    assert straddled["count"] == 12 and len(straddled["evidence"]["seen"]["src_ips"]) == 3
+    assert set(emitted.values()) == {1}  # no window closed before B had passed it
+    assert_equal(state, got, (ref, want))
+    assert len(snaps) >= 2
+    for at, blob in snaps:  # restore with windows open, re-apply the rest: the same events
+        again = PartitionState.from_bytes(blob, SETTINGS, make_inventory(INVENTORY))
+        later = [v for offset in range(at + 1, len(msgs))
+                 for v in again.apply(offset, decode(msgs[offset])).output.violations]
+        assert later == [v for out in by_offset[at + 1:] for v in out]
+
+
 def test_snapshot_keeps_the_held_rows() -> None:
     msgs = messages()
     state = new_state()
@@ -272,5 +330,41 @@ def test_ingest_reports_a_lagging_raw_partition_catching_up() -> None:
         sent = [decode(v) for _, v in stage.progress_only().messages]
         assert len(sent) == stage.router.partitions
         assert all(m.watermarks == {A: T0 + 4 * DAY, B: END + 1} for m in sent)
+    finally:
+        stage._cpu.shutdown()
+
+
+def test_a_partition_s_earlier_messages_of_a_batch_report_the_progress_before_it() -> None:
+    """One ingest batch can give a partition several messages; each carries the batch's
+    progress except for sources with rows still to come in the later ones (those report their
+    progress before the batch), so the partition's watermark never passes unsent rows."""
+    import threading
+    from types import SimpleNamespace
+
+    from aiokafka import TopicPartition
+
+    from pipeline.config import WorkerSettings
+    from pipeline.stream.ingest import IngestStage
+    from pipeline.stream.metrics import Metrics
+
+    settings = WorkerSettings.model_validate(
+        {"topics": {"flows_partitions": 1}, "stream": {"message_rows": 4}})
+    stage = IngestStage(settings, client={}, producer=None,  # type: ignore[arg-type]
+                        inventory=make_inventory(INVENTORY), inventory_lock=threading.Lock(),
+                        metrics=Metrics())
+    try:
+        stage._parts = {"segflow-flows-raw": 2}
+        stage.watermarks = {"segflow-flows-raw/0": T0 + 100}
+        batch = {TopicPartition("segflow-flows-raw", i): [
+            SimpleNamespace(value=orjson.dumps(flow(T0 + 200 + 100 * i + k, A1, DB, 1000 + k,
+                                                    5432)), offset=k) for k in range(6)]
+            for i in (0, 1)}
+        sent = [decode(v) for _, v in stage.prepare(batch).messages]
+        a, b = "segflow-flows-raw/0", "segflow-flows-raw/1"
+        assert [m.num_rows for m in sent] == [4, 4, 4]
+        assert [m.watermarks for m in sent] == [
+            {a: T0 + 100, b: T0 + 300},  # b: its oldest start (no progress before)
+            {a: T0 + 205, b: T0 + 300},
+            {a: T0 + 205, b: T0 + 305}]
     finally:
         stage._cpu.shutdown()

@@ -21,6 +21,7 @@ from pipeline.stream.outputs import latest_by_id
 from pipeline.stream.partition import PartitionState
 from pipeline.stream.rawblock import EMPTY, TOO_LARGE, parse_messages
 from pipeline.stream.routing import Router
+from pipeline.stream.services import ServiceDirectory
 from tests.conftest import T0, flow, flows_table, make_inventory
 from tests.stream.conftest import Reference
 from tests.stream.harness import comparable, totals_of
@@ -200,7 +201,8 @@ def test_watermark_waits_for_every_raw_partition_and_skips_idle_ones() -> None:
 def test_partitions_equal_replay_despite_resends_and_restores(reference: Reference) -> None:
     """The exactly-once argument without a broker: the ingest re-sends overlapping ranges
     with other batch boundaries, partitions crash and restore older snapshots and replay
-    — the union of their outputs still equals one replay."""
+    — the union of their outputs still equals one replay, known clients of a service
+    included: partitions hold new_edge events until every partition's map is known."""
     rnd = random.Random(3)
     settings = CoreSettings(audit_days=reference.audit_days, audit_start=reference.audit_start)
     parts = 4
@@ -222,12 +224,16 @@ def test_partitions_equal_replay_despite_resends_and_restores(reference: Referen
         # a crashed ingest re-sends from its last commit: overlap, other boundaries
         pos = max(0, pos - rnd.randint(1, 3000)) if rnd.random() < 0.25 else pos + n
     violations, rules, tables = [], [], []
+    directory, states = ServiceDirectory(parts), []
     for p in range(parts):
         state = PartitionState(p, Pipeline(settings, load_inventory(reference.inventory)),
-                               f"flows/{p}")
+                               f"flows/{p}", services=directory)
         snapshot, crashed, offset = None, set(), 0
         while offset < len(log[p]):
-            out = state.apply(offset, decode(log[p][offset])).output
+            step = state.apply(offset, decode(log[p][offset]))
+            out = step.output
+            if step.audit_ended:  # the stage publishes the map; the directory follows it
+                directory.add_local(p, state.pipeline.service_clients())
             violations += out.violations
             rules += out.rules
             tables.append(out.edge_minutes)
@@ -237,9 +243,15 @@ def test_partitions_equal_replay_despite_resends_and_restores(reference: Referen
                 crashed.add(offset)  # crash: restore the last snapshot, replay after it
                 state = PartitionState.from_bytes(snapshot, settings,
                                                   load_inventory(reference.inventory))
+                state.services = directory
+                if state.pipeline.baseline.frozen_:  # published again: the same map
+                    assert not directory.add_local(p, state.pipeline.service_clients())
                 offset = state.offset + 1
                 continue
             offset += 1
+        states.append(state)
+    assert directory.complete and sum(len(s.held_events) for s in states) > 0
+    violations += [e for s in states for e in s.release()]  # what the stage does then
     got = latest_by_id(violations)
     assert {k: comparable(v) for k, v in got.items()} == {
         k: comparable(v) for k, v in reference.violations.items()}

@@ -262,8 +262,12 @@ def _split_by_internal_partition(ref: Reference, partitions: int) -> list[list[b
 
 
 def _agreed(bootstrap: str, topics: Topics) -> list[tuple[float, str]]:
-    """The control topic's proposals in log order: (start, proposer)."""
+    """The control topic's proposals in log order: (start, proposer). The rest of the topic
+    is every partition's service map (one chunk each here)."""
     recs = read_topic(bootstrap, topics.name("control"))
+    maps = {r.key for r in recs if r.key.startswith(b"service-clients/")}
+    assert maps == {f"service-clients/{p}/0".encode() for p in range(topics.flows_partitions)}
+    recs = [r for r in recs if r.key not in maps]
     assert all(r.key.startswith(b"audit-start/") for r in recs)
     return [(v["start"], v["by"]) for v in (orjson.loads(r.value) for r in recs)]
 
@@ -414,14 +418,18 @@ def test_a_raw_partition_read_ahead_does_not_end_the_audit(
             produce_lines(kafka_bootstrap, topics.raw, behind[lo:lo + 1500], sizes=(1,),
                           partition=1)
             time.sleep(0.2)
-        produce_lines(kafka_bootstrap, topics.raw, [marker], partition=1)
+        # then B's own end-of-input sentinel: windows close on the watermark (the minimum
+        # over A and B), so B must pass them too, as replay's flush does
+        closing = sentinel(ESTATE, after=1)
+        produce_lines(kafka_bootstrap, topics.raw, [marker, closing], partition=1)
         wait_caught_up(kafka_bootstrap, topics.prefix, topics, [w])
     finally:
         assert w.stop() == 0, w.text()[-3000:]
     held = [int(n) for n in re.findall(r"applying (\d+) post-audit flows held", w.text())]
     assert sum(held) > 1000, w.text()[-3000:]  # partition 0 really was read ahead
     assert "ending the audit now" not in w.text()
-    lines = sorted([*reference.lines, marker], key=lambda r: float(orjson.loads(r)["start"]))
+    lines = sorted([*reference.lines, marker, closing],
+                   key=lambda r: float(orjson.loads(r)["start"]))
     ref = replay_reference(reference.inventory, lines, tmp_path / "flows.jsonl",
                            audit_start=reference.audit_start, audit_days=reference.audit_days)
     assert_matches_replay(ref, kafka_bootstrap, topics, [store])
