@@ -61,7 +61,7 @@ def write_config(path: Path, bootstrap: str, topics: Topics, *, store: Path, app
                  audit_start: float | None, audit_days: float,
                  inventory_file: Path | None = None,
                  metrics_port: int = 0, stream: dict[str, Any] | None = None,
-                 snapshot_every: int = 20) -> Path:
+                 snapshot_every: int = 20, role: str = "all") -> Path:
     cfg: dict[str, Any] = {
         "kafka": {"bootstrap": bootstrap, "session_timeout": 6.0, "connect_timeout": 10.0},
         "topics": topics.settings(),
@@ -73,6 +73,7 @@ def write_config(path: Path, bootstrap: str, topics: Topics, *, store: Path, app
         "app_id": app_id,
         "metrics_port": metrics_port,
         "snapshot_every_messages": snapshot_every,
+        "role": role,
     }
     if inventory_file is not None:
         cfg["inventory_file"] = str(inventory_file)

@@ -17,13 +17,13 @@ with the agreed start.
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 import time
 import urllib.request
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -81,6 +81,14 @@ def assert_matches_replay(ref: Reference, bootstrap: str, topics: Topics,
     assert totals == ref.totals
 
 
+
+def reference_config(path: Path, bootstrap: str, topics: Topics, reference: Reference, *,
+                     store: Path, **settings: Any) -> Path:
+    """A worker config for ``reference``'s estate (its audit start and length)."""
+    return write_config(path, bootstrap, topics, store=store, app_id=topics.prefix,
+                        audit_start=reference.audit_start, audit_days=reference.audit_days,
+                        **settings)
+
 def test_one_worker_equals_replay(kafka_bootstrap: str, reference: Reference,
                                   tmp_path: Path) -> None:
     topics = new_topics(kafka_bootstrap)
@@ -88,9 +96,8 @@ def test_one_worker_equals_replay(kafka_bootstrap: str, reference: Reference,
     messages = produce_lines(kafka_bootstrap, topics.raw, reference.lines, sizes=(1, 50))
     assert messages > 10_000  # mostly single-record messages, some NDJSON of 50
     store = tmp_path / "store"
-    cfg = write_config(tmp_path / "w.json", kafka_bootstrap, topics, store=store,
-                       app_id=topics.prefix, audit_start=reference.audit_start,
-                       audit_days=reference.audit_days, stream={"max_messages": 2000})
+    cfg = reference_config(tmp_path / "w.json", kafka_bootstrap, topics, reference, store=store,
+                           stream={"max_messages": 2000})
     w = WorkerProcess(cfg, tmp_path / "w.log").start()
     try:
         wait_caught_up(kafka_bootstrap, topics.prefix, topics, [w])
@@ -116,10 +123,8 @@ def test_ingest_and_stateful_as_two_processes_equal_replay(
     store, unused = tmp_path / "store", tmp_path / "ingest-store"
     procs = []
     for role, path in (("ingest", unused), ("stateful", store)):
-        cfg = write_config(tmp_path / f"{role}.json", kafka_bootstrap, topics, store=path,
-                           app_id=topics.prefix, audit_start=reference.audit_start,
-                           audit_days=reference.audit_days, stream={"max_messages": 2000})
-        cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "role": role}))
+        cfg = reference_config(tmp_path / f"{role}.json", kafka_bootstrap, topics, reference,
+                               store=path, stream={"max_messages": 2000}, role=role)
         procs.append(WorkerProcess(cfg, tmp_path / f"{role}.log").start())
     try:
         wait_caught_up(kafka_bootstrap, topics.prefix, topics, procs)
@@ -141,10 +146,8 @@ def test_second_worker_joins_mid_stream(kafka_bootstrap: str, reference: Referen
     stores = [tmp_path / "store-a", tmp_path / "store-b"]
     workers = []
     for name, store in zip("ab", stores, strict=True):
-        cfg = write_config(tmp_path / f"{name}.json", kafka_bootstrap, topics, store=store,
-                           app_id=topics.prefix, audit_start=reference.audit_start,
-                           audit_days=reference.audit_days, snapshot_every=5,
-                           stream={"max_messages": 500})
+        cfg = reference_config(tmp_path / f"{name}.json", kafka_bootstrap, topics, reference,
+                               store=store, snapshot_every=5, stream={"max_messages": 500})
         workers.append(WorkerProcess(cfg, tmp_path / f"{name}.log"))
     a, b = workers
     try:
@@ -174,10 +177,8 @@ def test_kill_9_then_restart(kafka_bootstrap: str, reference: Reference,
     publish_inventory(kafka_bootstrap, topics, reference.inventory)
     produce_lines(kafka_bootstrap, topics.raw, reference.lines, sizes=(1, 50))
     store = tmp_path / "store"
-    cfg = write_config(tmp_path / "w.json", kafka_bootstrap, topics, store=store,
-                       app_id=topics.prefix, audit_start=reference.audit_start,
-                       audit_days=reference.audit_days, snapshot_every=5,
-                       stream={"max_messages": 200})
+    cfg = reference_config(tmp_path / "w.json", kafka_bootstrap, topics, reference, store=store,
+                           snapshot_every=5, stream={"max_messages": 200})
     w = WorkerProcess(cfg, tmp_path / "w.log").start()
     try:
         deadline = time.monotonic() + 90
@@ -212,10 +213,8 @@ def test_malformed_messages_go_to_dead_letter(kafka_bootstrap: str, reference: R
               *good[150:400]]
     port = _free_port()
     store = tmp_path / "store"
-    cfg = write_config(tmp_path / "w.json", kafka_bootstrap, topics, store=store,
-                       app_id=topics.prefix, audit_start=reference.audit_start,
-                       audit_days=reference.audit_days, inventory_file=reference.inventory,
-                       metrics_port=port)
+    cfg = reference_config(tmp_path / "w.json", kafka_bootstrap, topics, reference, store=store,
+                           inventory_file=reference.inventory, metrics_port=port)
     produce_values(kafka_bootstrap, topics.raw, values)
     w = WorkerProcess(cfg, tmp_path / "w.log").start()
     try:
@@ -408,9 +407,8 @@ def test_a_raw_partition_read_ahead_does_not_end_the_audit(
     assert len(behind) > 10_000
     produce_lines(kafka_bootstrap, topics.raw, ahead, sizes=(50, 1), partition=0)
     store = tmp_path / "store"
-    cfg = write_config(tmp_path / "w.json", kafka_bootstrap, topics, store=store,
-                       app_id=topics.prefix, audit_start=reference.audit_start,
-                       audit_days=reference.audit_days, stream={"max_messages": 5000})
+    cfg = reference_config(tmp_path / "w.json", kafka_bootstrap, topics, reference, store=store,
+                           stream={"max_messages": 5000})
     w = WorkerProcess(cfg, tmp_path / "w.log").start()
     try:
         wait_assigned(kafka_bootstrap, f"{topics.prefix}-ingest", topics.raw, 1, [w])
