@@ -22,10 +22,10 @@ import pyarrow as pa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pipeline.commands.replay import replay  # noqa: E402
 from pipeline.core.inventory import load_inventory  # noqa: E402
 from pipeline.core.pipeline import CoreSettings  # noqa: E402
 from pipeline.generate import GenerateConfig, write_estate  # noqa: E402
-from pipeline.replay import replay  # noqa: E402
 from pipeline.storage import open_store  # noqa: E402
 
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from pipeline.artifacts import load_baseline, save_baseline
 from pipeline.core.pipeline import CoreSettings, Pipeline
 from pipeline.errors import InputError
+from pipeline.storage.artifacts import load_baseline, save_baseline
 from tests.conftest import DAY, T0, flow, flows_table, make_inventory
 
 INV = [{"ip": "10.0.0.1", "app": "web", "namespace": "shop"},

@@ -11,10 +11,10 @@ import orjson
 import pytest
 import yaml
 
+from pipeline.commands.evaluate import evaluate, load_truth
+from pipeline.commands.replay import replay
 from pipeline.core.inventory import load_inventory
 from pipeline.core.pipeline import CoreSettings
-from pipeline.evaluate import evaluate, load_truth
-from pipeline.replay import replay
 from pipeline.storage import open_store
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"

@@ -14,7 +14,7 @@ import numpy as np
 from pipeline.generate.catalog import DNS_PORT, LOKI_PORT, METRICS_PORT, PUBLIC_PORT, app_templates
 from pipeline.generate.config import DAY, HOUR, GenerateConfig
 from pipeline.generate.population import Population
-from pipeline.generate.workload import Workload
+from pipeline.generate.workload import SimWorkload
 
 TCP, UDP, ICMP = 6, 17, 1
 PROBE = -1  # port placeholder: a random port from PROBE_PORTS per flow
@@ -75,9 +75,10 @@ class _Rows:
         self.rng = rng
         self.rows: list[tuple] = []
 
-    def add(self, src: Workload, dst: Workload, proto: int, port: int, sched: int, rate: float,
-            size: float, size_sigma: float, dur: float, role: str, group: str = "diurnal",
-            v6: bool = False, reject: bool = False, dur_sigma: float = 0.8) -> None:
+    def add(self, src: SimWorkload, dst: SimWorkload, proto: int, port: int, sched: int,
+            rate: float, size: float, size_sigma: float, dur: float, role: str,
+            group: str = "diurnal", v6: bool = False, reject: bool = False,
+            dur_sigma: float = 0.8) -> None:
         jitter = float(self.rng.lognormal(0.0, 0.4))
         weight = rate * float(self.rng.lognormal(0.0, 0.3))
         self.rows.append((src.idx, dst.idx, proto, port, sched, weight, np.log(size * jitter),
@@ -89,13 +90,13 @@ def build_plan(cfg: GenerateConfig, pop: Population) -> EdgePlan:
     rng = np.random.default_rng([cfg.seed, 2])
     rows = _Rows(rng)
     wls = pop.workloads
-    by_group: dict[str, dict[str, Workload]] = {}
+    by_group: dict[str, dict[str, SimWorkload]] = {}
     for w in wls:
         if w.kind == "pod" and w.tier in ("web", "api", "worker", "db", "cache", "queue"):
             by_group.setdefault(w.group, {})[w.tier] = w
     templates = {t.name: t for t in app_templates(cfg.apps)}
 
-    def infra(kind: str, key: str) -> Workload:
+    def infra(kind: str, key: str) -> SimWorkload:
         w = pop.find(kind, key)
         assert w is not None, key
         return w
@@ -141,7 +142,7 @@ def build_plan(cfg: GenerateConfig, pop: Population) -> EdgePlan:
     return _finish(rows, cfg)
 
 
-def _shared_rows(rows: _Rows, pop: Population, by_group: dict[str, dict[str, Workload]],
+def _shared_rows(rows: _Rows, pop: Population, by_group: dict[str, dict[str, SimWorkload]],
                  rng: np.random.Generator) -> None:
     """DNS, metrics scrapes, log shipping, probes, backups, the bastion and the weekly job."""
     find = pop.find

@@ -16,8 +16,8 @@ from pipeline.generate.catalog import METRICS_PORT
 from pipeline.generate.config import DAY, HOUR, GenerateConfig
 from pipeline.generate.edges import TCP, WEEKLY, EdgePlan
 from pipeline.generate.population import Population
-from pipeline.generate.traffic import FlowBatch, exporters_of, ms_floor
-from pipeline.generate.workload import Workload
+from pipeline.generate.traffic import SimFlows, exporters_of, ms_floor
+from pipeline.generate.workload import SimWorkload
 
 Truth = dict[str, object]
 NEW_PORTS = (4444, 31337, 1337, 6666, 8888)
@@ -29,13 +29,13 @@ class _Attack:
     plan: EdgePlan
     rng: np.random.Generator
 
-    def pod(self, w: Workload, t0: float, t1: float) -> int | None:
+    def pod(self, w: SimWorkload, t0: float, t1: float) -> int | None:
         alive = self.pop.alive(w, t0, t1)
         return int(self.rng.choice(alive)) if len(alive) else None
 
     def flows(self, t: np.ndarray, src_inc: int, dst_inc: np.ndarray, dport: np.ndarray,
               size: np.ndarray, dur: np.ndarray, packets: np.ndarray | None = None,
-              action: np.ndarray | None = None, flags: np.ndarray | None = None) -> FlowBatch:
+              action: np.ndarray | None = None, flags: np.ndarray | None = None) -> SimFlows:
         n = len(t)
         pop = self.pop
         src_incs = np.full(n, src_inc)
@@ -43,7 +43,7 @@ class _Attack:
         size = np.asarray(size, dtype=np.int64)
         if packets is None:
             packets = np.maximum(3, np.ceil(size / 1200)).astype(np.int64)
-        return FlowBatch(
+        return SimFlows(
             start=start,
             end=ms_floor(start + dur),
             src=pop.inc_ip4[src_incs],
@@ -58,8 +58,8 @@ class _Attack:
             exporter=exporters_of(pop, src_incs, dst_inc),
         )
 
-    def truth(self, kind: str, expected: str, src: Workload, f: FlowBatch,
-              dst: Workload | None, text: str) -> Truth:
+    def truth(self, kind: str, expected: str, src: SimWorkload, f: SimFlows,
+              dst: SimWorkload | None, text: str) -> Truth:
         ips = self.pop.ips
         return {
             "type": kind,
@@ -75,11 +75,11 @@ class _Attack:
             "description": text,
         }
 
-    def tiers(self, *tiers: str) -> list[Workload]:
+    def tiers(self, *tiers: str) -> list[SimWorkload]:
         return [w for w in self.pop.workloads if w.kind == "pod" and w.tier in tiers]
 
 
-def _lateral(a: _Attack, t0: float) -> tuple[Truth, FlowBatch] | None:
+def _lateral(a: _Attack, t0: float) -> tuple[Truth, SimFlows] | None:
     known = set(zip(a.plan.src.tolist(), a.plan.dst.tolist(), strict=True))
     pairs = [(s, d) for s in a.tiers("web", "api") for d in a.tiers("db")
              if s.group != d.group and (s.idx, d.idx) not in known]
@@ -99,7 +99,7 @@ def _lateral(a: _Attack, t0: float) -> tuple[Truth, FlowBatch] | None:
     return None
 
 
-def _scan(a: _Attack, t0: float) -> tuple[Truth, FlowBatch] | None:
+def _scan(a: _Attack, t0: float) -> tuple[Truth, SimFlows] | None:
     srcs = a.tiers("api")
     src = srcs[int(a.rng.integers(len(srcs)))]
     s = a.pod(src, t0, t0 + 900)
@@ -107,7 +107,7 @@ def _scan(a: _Attack, t0: float) -> tuple[Truth, FlowBatch] | None:
     if s is None or len(others) < 3:
         return None
     want = int(a.rng.integers(3, 6))
-    hosts: list[tuple[Workload, int]] = []
+    hosts: list[tuple[SimWorkload, int]] = []
     for i in a.rng.permutation(len(others)):
         d = a.pod(others[int(i)], t0, t0 + 900)
         if d is not None:
@@ -117,7 +117,7 @@ def _scan(a: _Attack, t0: float) -> tuple[Truth, FlowBatch] | None:
     if len(hosts) < 3:
         return None
     span = a.rng.uniform(120, 300)
-    parts: list[FlowBatch] = []
+    parts: list[SimFlows] = []
     for k, (w, d) in enumerate(hosts):
         ports = np.sort(a.rng.choice(np.arange(1, 10_001), int(a.rng.integers(200, 301)),
                                      replace=False))
@@ -131,14 +131,14 @@ def _scan(a: _Attack, t0: float) -> tuple[Truth, FlowBatch] | None:
         flags = np.where(open_, 0x16, 0x02)
         parts.append(a.flows(t, s, np.full(n, d), ports, packets * 60, np.zeros(n), packets=packets,
                              action=action, flags=flags))
-    f = FlowBatch.concat(parts)
+    f = SimFlows.concat(parts)
     text = (f"compromised {src.key} pod sweeps {len(f)} ports on {len(hosts)} hosts "
             f"in {span / 60:.0f} minutes")
     dst = hosts[0][0] if len({w.idx for w, _ in hosts}) == 1 else None
     return a.truth("port_scan", "scan", src, f, dst, text), f
 
 
-def _new_listener(a: _Attack, t0: float) -> tuple[Truth, FlowBatch] | None:
+def _new_listener(a: _Attack, t0: float) -> tuple[Truth, SimFlows] | None:
     pop, plan = a.pop, a.plan
     rows = [r for r in range(len(plan)) if plan.role[r] == "api->db"]
     for r in a.rng.permutation(len(rows)):
@@ -158,7 +158,7 @@ def _new_listener(a: _Attack, t0: float) -> tuple[Truth, FlowBatch] | None:
     return None
 
 
-def _exfiltration(a: _Attack, t0: float) -> tuple[Truth, FlowBatch] | None:
+def _exfiltration(a: _Attack, t0: float) -> tuple[Truth, SimFlows] | None:
     pop, plan = a.pop, a.plan
     for role in ("api->partner", "reader->db", "api->db"):
         rows = [r for r in range(len(plan)) if plan.role[r] == role]
@@ -182,7 +182,7 @@ def _exfiltration(a: _Attack, t0: float) -> tuple[Truth, FlowBatch] | None:
     return None
 
 
-def _off_hours(a: _Attack, t0: float) -> tuple[Truth, FlowBatch] | None:
+def _off_hours(a: _Attack, t0: float) -> tuple[Truth, SimFlows] | None:
     pop, plan = a.pop, a.plan
     rows = [r for r in range(len(plan)) if plan.role[r] == "bastion"]
     for r in a.rng.permutation(len(rows)):
@@ -200,7 +200,7 @@ def _off_hours(a: _Attack, t0: float) -> tuple[Truth, FlowBatch] | None:
     return None
 
 
-ATTACKS: tuple[tuple[Callable[[_Attack, float], tuple[Truth, FlowBatch] | None], float], ...] = (
+ATTACKS: tuple[tuple[Callable[[_Attack, float], tuple[Truth, SimFlows] | None], float], ...] = (
     (_lateral, 10.0),
     (_scan, 13.0),
     (_new_listener, 11.0),
@@ -211,14 +211,14 @@ ATTACKS: tuple[tuple[Callable[[_Attack, float], tuple[Truth, FlowBatch] | None],
 
 def build_attacks(
     cfg: GenerateConfig, pop: Population, plan: EdgePlan
-) -> tuple[list[Truth], FlowBatch]:
+) -> tuple[list[Truth], SimFlows]:
     """Attack episodes on distinct post-audit days (sharing days only when there are few)."""
     post = list(range(cfg.audit_days, cfg.days))
     if not cfg.attacks or not post:
-        return [], FlowBatch.empty()
+        return [], SimFlows.empty()
     a = _Attack(pop, plan, np.random.default_rng([cfg.seed, 4]))
     truths: list[Truth] = []
-    flows: list[FlowBatch] = []
+    flows: list[SimFlows] = []
     for i, (make, hour) in enumerate(ATTACKS):
         day = post[i * len(post) // len(ATTACKS)]
         t0 = cfg.start + day * DAY + hour * HOUR + float(a.rng.uniform(0, 600))
@@ -226,7 +226,7 @@ def build_attacks(
         if made is not None:
             truths.append(made[0])
             flows.append(made[1])
-    return truths, FlowBatch.concat(flows) if flows else FlowBatch.empty()
+    return truths, SimFlows.concat(flows) if flows else SimFlows.empty()
 
 
 def scheduled_jobs(pop: Population, plan: EdgePlan) -> list[Truth]:

@@ -12,7 +12,7 @@ from pipeline.generate.edges import EdgePlan, build_plan
 from pipeline.generate.episodes import build_attacks, churn_truth, number, scheduled_jobs
 from pipeline.generate.population import Population, build_population
 from pipeline.generate.records import to_table
-from pipeline.generate.traffic import FlowBatch, exporter_names, synth_day
+from pipeline.generate.traffic import SimFlows, exporter_names, synth_day
 
 
 @dataclass
@@ -22,7 +22,7 @@ class Estate:
     cfg: GenerateConfig
     population: Population
     plan: EdgePlan
-    attack_flows: FlowBatch
+    attack_flows: SimFlows
     truth: list[dict[str, object]]  # episodes, time-ordered, as written to truth.jsonl
 
     @property

@@ -6,7 +6,7 @@ import math
 from datetime import UTC, datetime
 
 from pipeline.generate.lifecycle import Incarnation
-from pipeline.generate.workload import Workload
+from pipeline.generate.workload import SimWorkload
 
 Entry = dict[str, object]
 
@@ -15,7 +15,7 @@ def rfc3339(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _entry(w: Workload, where: dict[str, str]) -> Entry:
+def _entry(w: SimWorkload, where: dict[str, str]) -> Entry:
     return {
         **where,
         "app": w.app,
@@ -27,7 +27,7 @@ def _entry(w: Workload, where: dict[str, str]) -> Entry:
     }
 
 
-def inventory_entries(workloads: list[Workload], incs: list[Incarnation],
+def inventory_entries(workloads: list[SimWorkload], incs: list[Incarnation],
                       slot_wl: list[int]) -> list[Entry]:
     """Fixed entries first, then one entry per pod address ordered by ``valid_from``.
 

@@ -17,7 +17,7 @@ import numpy as np
 from pipeline.errors import ConfigError
 from pipeline.generate.config import DAY, HOUR, GenerateConfig
 from pipeline.generate.ipam import NodeBlock, ipv4_text
-from pipeline.generate.workload import Workload
+from pipeline.generate.workload import SimWorkload
 
 GRACE = 20.0
 SENTINEL = DAY  # pods alive at the window edges are valid this far beyond it
@@ -85,34 +85,35 @@ class Lifecycles:
         self.cfg = cfg
         self.rng = np.random.default_rng([cfg.seed, 1])
         self.t0, self.t1 = cfg.start, cfg.end
-        self.workloads: list[Workload] = []
+        self.workloads: list[SimWorkload] = []
         self.slot_wl: list[int] = []
         self.slot_node: list[int] = []  # pinned node or -1
         self.incs: list[Incarnation] = []
         self.events: list[tuple[str, float, float, int]] = []  # (kind, start, end, workload)
 
-    def add(self, w: Workload, slots: int, replicas: int, pinned: list[int] | None = None) -> None:
+    def add(self, w: SimWorkload, slots: int, replicas: int,
+            pinned: list[int] | None = None) -> None:
         w.idx, w.slot_base = len(self.workloads), len(self.slot_wl)
         w.n_slots, w.base_replicas = slots, replicas
         self.workloads.append(w)
         self.slot_wl.extend([w.idx] * slots)
         self.slot_node.extend(pinned if pinned is not None else [-1] * slots)
 
-    def add_fixed(self, w: Workload, hosts: list[str]) -> None:
+    def add_fixed(self, w: SimWorkload, hosts: list[str]) -> None:
         """A VM, service or external peer: one slot per host, valid throughout."""
         self.add(w, len(hosts), len(hosts))
         for i, ip in enumerate(hosts):
             self.incs.append(Incarnation(w.slot_base + i, self.t0 - SENTINEL, self.t1 + SENTINEL,
                                          False, False, ("fixed", 0), ip4=ip))
 
-    def daemonset(self, w: Workload, nodes: int) -> None:
+    def daemonset(self, w: SimWorkload, nodes: int) -> None:
         """One pod pinned to each node, never replaced."""
         self.add(w, nodes, nodes, pinned=list(range(nodes)))
         for k in range(nodes):
             self.incs.append(Incarnation(w.slot_base + k, self.t0 - SENTINEL, self.t1 + SENTINEL,
                                          False, False, ("initial", 0)))
 
-    def deployment(self, w: Workload, replicas: int, extra: int, every: tuple[float, float],
+    def deployment(self, w: SimWorkload, replicas: int, extra: int, every: tuple[float, float],
                    crash_per_day: float, scale_prob: float) -> None:
         """Pods of ``w``: rollouts every ``every`` days in office hours, random crashes, and
         weekday scale-outs by up to ``extra`` replicas with probability ``scale_prob`` a day."""
@@ -149,7 +150,7 @@ class Lifecycles:
                     s = up + 20 * (k - replicas)
                     self._chain(slot, s, min(down, self.t1 + SENTINEL), repl, ("scale", eid))
 
-    def weekly_job(self, w: Workload) -> None:
+    def weekly_job(self, w: SimWorkload) -> None:
         """A CronJob pod each Sunday 04:00 UTC for ``JOB_MINUTES``."""
         self.add(w, 1, 0)
         day = math.floor(self.t0 / DAY) * DAY
@@ -160,7 +161,7 @@ class Lifecycles:
                 self.incs.append(Incarnation(w.slot_base, s, stop, True, True, ("job", eid)))
             day += DAY
 
-    def _event(self, kind: str, start: float, end: float, w: Workload) -> int:
+    def _event(self, kind: str, start: float, end: float, w: SimWorkload) -> int:
         self.events.append((kind, start, end, w.idx))
         return len(self.events) - 1
 

@@ -25,7 +25,7 @@ from pipeline.generate.catalog import (
 from pipeline.generate.config import GenerateConfig
 from pipeline.generate.inventory import Entry, inventory_entries
 from pipeline.generate.lifecycle import ChurnEvent, Lifecycles
-from pipeline.generate.workload import Workload
+from pipeline.generate.workload import SimWorkload
 
 PODS_PER_NODE = 20  # nodes are added so each /26 block stays about a third full
 DNS_SERVICE_IP = "10.96.0.10"
@@ -38,7 +38,7 @@ _STEADY = ((15.0, 30.0), 0.005, 0.0)  # infra: rare rollouts, rare crashes, no s
 class Population:
     """Workloads and incarnations of one estate (arrays sorted by slot, then start)."""
 
-    workloads: list[Workload]
+    workloads: list[SimWorkload]
     nodes: int
     ips: list[str]  # address text table; flows refer to addresses by index into it
     inc_slot: np.ndarray
@@ -70,7 +70,7 @@ class Population:
         """Addresses handed to a different workload during the window."""
         return sum(1 for c in self.churn if c.kind == "ip_reuse")
 
-    def find(self, kind: str, key: str) -> Workload | None:
+    def find(self, kind: str, key: str) -> SimWorkload | None:
         """The workload with this kind and ``namespace/app`` key, if any."""
         return next((w for w in self.workloads if w.key == key and w.kind == kind), None)
 
@@ -91,7 +91,7 @@ class Population:
             inc[miss] = self.locate(base[miss] + local[miss] % replicas[miss], t[miss])
         return inc
 
-    def alive(self, w: Workload, t0: float, t1: float) -> np.ndarray:
+    def alive(self, w: SimWorkload, t0: float, t1: float) -> np.ndarray:
         """Incarnations of ``w`` valid over the whole of [t0, t1]."""
         sel = (self.inc_wl == w.idx) & (self.inc_start <= t0) & (self.inc_stop > t1)
         return np.flatnonzero(sel)
@@ -101,7 +101,7 @@ def _app_workloads(lc: Lifecycles, templates: list[AppTemplate]) -> None:
     rng = lc.rng
     for tpl in templates:
         for tier in tpl.tiers:
-            w = Workload(0, tpl.namespace, f"{tpl.name}-{tier}", tier, "pod", tpl.name,
+            w = SimWorkload(0, tpl.namespace, f"{tpl.name}-{tier}", tier, "pod", tpl.name,
                          dual_stack=tpl.dual_stack)
             if tier in ("web", "api", "worker"):
                 w.port = {"web": PUBLIC_PORT, "api": tpl.api_port, "worker": 0}[tier]
@@ -118,15 +118,15 @@ def _app_workloads(lc: Lifecycles, templates: list[AppTemplate]) -> None:
 
 
 def _infra_workloads(lc: Lifecycles, n_nodes: int) -> None:
-    def pod(ns: str, app: str, port: int = 0, tier: str = "infra") -> Workload:
-        return Workload(0, ns, app, tier, "pod", app, port=port)
+    def pod(ns: str, app: str, port: int = 0, tier: str = "infra") -> SimWorkload:
+        return SimWorkload(0, ns, app, tier, "pod", app, port=port)
 
-    def outside(app: str, cidr: str, listed: bool = True, port: int = 0) -> Workload:
-        return Workload(0, "external", app, "external", "external", app, port=port, cidr=cidr,
+    def outside(app: str, cidr: str, listed: bool = True, port: int = 0) -> SimWorkload:
+        return SimWorkload(0, "external", app, "external", "external", app, port=port, cidr=cidr,
                         listed=listed)
 
     lc.deployment(pod("kube-system", "coredns", DNS_PORT), 2, 0, *_STEADY)
-    lc.add_fixed(Workload(0, "kube-system", "coredns", "service", "service", "coredns",
+    lc.add_fixed(SimWorkload(0, "kube-system", "coredns", "service", "service", "coredns",
                           port=DNS_PORT), [DNS_SERVICE_IP])
     lc.deployment(pod("monitoring", "prometheus"), 1, 0, *_STEADY)
     lc.deployment(pod("monitoring", "blackbox-exporter"), 1, 0, *_STEADY)
@@ -134,9 +134,9 @@ def _infra_workloads(lc: Lifecycles, n_nodes: int) -> None:
     lc.deployment(pod("logging", "loki", LOKI_PORT), 1, 0, *_STEADY)
     lc.deployment(pod("backup", "velero"), 1, 0, *_STEADY)
     lc.weekly_job(pod("analytics", "report-job", tier="job"))
-    lc.add_fixed(Workload(0, "ops", "bastion", "vm", "vm", "bastion", cidr="10.30.0.0/29"),
+    lc.add_fixed(SimWorkload(0, "ops", "bastion", "vm", "vm", "bastion", cidr="10.30.0.0/29"),
                  [BASTION_IP])
-    lc.add_fixed(Workload(0, "legacy", "oracle-db", "vm", "vm", "oracle-db", port=LEGACY_DB_PORT,
+    lc.add_fixed(SimWorkload(0, "legacy", "oracle-db", "vm", "vm", "oracle-db", port=LEGACY_DB_PORT,
                           engine="oracle", cidr="10.20.0.0/28"), ["10.20.0.5", "10.20.0.6"])
     lc.add_fixed(outside("payment-gateway", "203.0.113.0/24", port=PUBLIC_PORT), [GATEWAY_IP])
     lc.add_fixed(outside("public-clients", "198.51.100.0/24"),
@@ -183,4 +183,4 @@ def build_population(cfg: GenerateConfig) -> Population:
     )
 
 
-__all__ = ["Population", "Workload", "build_population"]
+__all__ = ["Population", "SimWorkload", "build_population"]

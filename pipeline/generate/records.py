@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.core.columns import ACTION_NAMES, FLOW_SCHEMA, NO_TCP_FLAGS
-from pipeline.generate.traffic import FlowBatch
+from pipeline.generate.traffic import SimFlows
 
 WIRE_FIELDS = ("start", "end", "src_ip", "dst_ip", "src_port", "dst_port", "proto", "bytes",
                "packets", "action", "tcp_flags", "exporter")
@@ -22,7 +22,7 @@ _NEEDS_ESCAPE = r'["\\\x00-\x1f]'
 _ACTIONS = pa.array([ACTION_NAMES.get(i, "unknown") for i in range(max(ACTION_NAMES) + 1)])
 
 
-def to_table(batch: FlowBatch, ips: pa.Array, exporters: pa.Array) -> pa.Table:
+def to_table(batch: SimFlows, ips: pa.Array, exporters: pa.Array) -> pa.Table:
     """A :data:`FLOW_SCHEMA` table (identity and meta columns null) for a flow batch."""
     n = len(batch)
     arrays = [

@@ -22,7 +22,7 @@ REV_P = np.array([0.85, 0.05, 0.10])
 
 
 @dataclass
-class FlowBatch:
+class SimFlows:
     """Flow columns; addresses are indices into ``Population.ips``, exporters into a name list."""
 
     start: np.ndarray  # float64 epoch s
@@ -41,18 +41,18 @@ class FlowBatch:
     def __len__(self) -> int:
         return len(self.start)
 
-    def take(self, idx: np.ndarray) -> FlowBatch:
-        return FlowBatch(*(getattr(self, f.name)[idx] for f in fields(self)))
+    def take(self, idx: np.ndarray) -> SimFlows:
+        return SimFlows(*(getattr(self, f.name)[idx] for f in fields(self)))
 
     @staticmethod
-    def concat(parts: list[FlowBatch]) -> FlowBatch:
-        return FlowBatch(*(np.concatenate([getattr(p, f.name) for p in parts])
-                           for f in fields(FlowBatch)))
+    def concat(parts: list[SimFlows]) -> SimFlows:
+        return SimFlows(*(np.concatenate([getattr(p, f.name) for p in parts])
+                           for f in fields(SimFlows)))
 
     @staticmethod
-    def empty() -> FlowBatch:
+    def empty() -> SimFlows:
         f, i4, i8 = np.float64, np.int32, np.int64
-        return FlowBatch(*(np.empty(0, dtype=t) for t in
+        return SimFlows(*(np.empty(0, dtype=t) for t in
                            (f, f, i4, i4, i4, i4, np.int16, i8, i8, np.int8, np.int16, np.int16)))
 
 
@@ -81,7 +81,7 @@ def exporter_names(pop: Population) -> list[str]:
 
 
 def synth_day(cfg: GenerateConfig, pop: Population, plan: EdgePlan, day: int,
-              extra: FlowBatch) -> FlowBatch:
+              extra: SimFlows) -> SimFlows:
     """Client→server flows of day ``day`` plus ``extra`` (episodes), their sampled responses,
     sorted by start and all starting within the day."""
     rng = np.random.default_rng([cfg.seed, 3, day])
@@ -122,7 +122,7 @@ def synth_day(cfg: GenerateConfig, pop: Population, plan: EdgePlan, day: int,
     flags = FWD_FLAGS[rng.choice(len(FWD_FLAGS), n, p=FWD_P)]
     flags[reject] = 0x02
     flags[proto != TCP] = NO_TCP_FLAGS
-    fwd = FlowBatch(
+    fwd = SimFlows(
         start=start,
         end=ms_floor(start + np.where(reject, 0.0, dur)),
         src=src.astype(np.int32),
@@ -138,14 +138,14 @@ def synth_day(cfg: GenerateConfig, pop: Population, plan: EdgePlan, day: int,
     )
     lo, hi = t_day, t_day + DAY
     extra = extra.take(np.flatnonzero((extra.start >= lo) & (extra.start < hi)))
-    both = FlowBatch.concat([fwd, extra])
+    both = SimFlows.concat([fwd, extra])
     parts = [both, _responses(cfg, rng, both, hi)]
-    out = FlowBatch.concat(parts)
+    out = SimFlows.concat(parts)
     return out.take(np.argsort(out.start, kind="stable"))
 
 
-def _responses(cfg: GenerateConfig, rng: np.random.Generator, fwd: FlowBatch,
-               day_end: float) -> FlowBatch:
+def _responses(cfg: GenerateConfig, rng: np.random.Generator, fwd: SimFlows,
+               day_end: float) -> SimFlows:
     """Server→client records for a ``reverse_share`` sample of accepted TCP/UDP flows."""
     n = len(fwd)
     answerable = (fwd.action == ACTION_ACCEPT) & (
@@ -160,7 +160,7 @@ def _responses(cfg: GenerateConfig, rng: np.random.Generator, fwd: FlowBatch,
     flags = REV_FLAGS[rng.choice(len(REV_FLAGS), m, p=REV_P)]
     flags[f.flags == 0x18] = 0x18
     flags[f.proto != TCP] = NO_TCP_FLAGS
-    return FlowBatch(
+    return SimFlows(
         start=start,
         end=np.maximum(f.end, start),
         src=f.dst,
@@ -176,4 +176,4 @@ def _responses(cfg: GenerateConfig, rng: np.random.Generator, fwd: FlowBatch,
     )
 
 
-__all__ = ["FlowBatch", "exporter_names", "exporters_of", "ms_floor", "packets_for", "synth_day"]
+__all__ = ["SimFlows", "exporter_names", "exporters_of", "ms_floor", "packets_for", "synth_day"]

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 
 @dataclass
-class Workload:
+class SimWorkload:
     """One workload identity (the ``app`` label) and its replica slots."""
 
     idx: int
@@ -29,4 +29,4 @@ class Workload:
         return f"{self.namespace}/{self.app}"
 
 
-__all__ = ["Workload"]
+__all__ = ["SimWorkload"]

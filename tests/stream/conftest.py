@@ -11,10 +11,10 @@ import orjson
 import pyarrow as pa
 import pytest
 
+from pipeline.commands.replay import replay
 from pipeline.core.inventory import load_inventory
 from pipeline.core.pipeline import CoreSettings
 from pipeline.generate import GenerateConfig, write_estate
-from pipeline.replay import replay
 from pipeline.stream.outputs import latest_by_id
 from tests.stream.harness import Totals, totals_of
 

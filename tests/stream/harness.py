@@ -96,7 +96,7 @@ class WorkerProcess:
         env.pop("SEGFLOW_DEBUG", None)
         fh = self.log.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "worker", "--config", str(self.config)],
+            [sys.executable, "-m", "pipeline.commands.cli", "worker", "--config", str(self.config)],
             cwd=REPO_ROOT, stdout=fh, stderr=subprocess.STDOUT, env=env)
         fh.close()
         return self

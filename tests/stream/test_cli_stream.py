@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from pipeline.cli import main
+from pipeline.commands.cli import main
 from tests.stream.harness import new_topics, read_topic
 
 

@@ -7,9 +7,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pipeline.commands.evaluate import evaluate
+from pipeline.commands.replay import ReplaySummary
 from pipeline.core.events import iso
-from pipeline.evaluate import evaluate
-from pipeline.replay import ReplaySummary
 
 
 def _line(label: str, value: object) -> str:

@@ -22,10 +22,10 @@ from pipeline.core.columns import Reject
 from pipeline.core.inventory import Inventory
 from pipeline.core.pipeline import BatchOutput, CoreSettings, Pipeline
 from pipeline.errors import InputError, StorageError
-from pipeline.sinks import DeadLetterFile, JsonlWriter
 from pipeline.sources import detect_format, get_parser
 from pipeline.sources.base import open_binary, parse_file
 from pipeline.storage.background import BackgroundWriter
+from pipeline.storage.files import DeadLetterFile, JsonlWriter
 
 STORE_ROWS = 200_000  # edge-minute rows buffered before one insert
 
@@ -220,7 +220,7 @@ def replay(
     summary.audit_end = core.audit_end
     summary.saturated_workloads = len(core.baseline.saturated_)
     if baseline_dir is not None:
-        from pipeline.artifacts import save_baseline
+        from pipeline.storage.artifacts import save_baseline
 
         save_baseline(core, baseline_dir, inputs=[str(p) for p in paths])
     if policies_dir is not None:

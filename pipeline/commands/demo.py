@@ -6,12 +6,12 @@ import sys
 import time
 from pathlib import Path
 
+from pipeline.commands.evaluate import load_truth
+from pipeline.commands.replay import replay
+from pipeline.commands.summary import print_replay_summary
 from pipeline.core.inventory import load_inventory
 from pipeline.core.pipeline import CoreSettings
-from pipeline.evaluate import load_truth
 from pipeline.generate import GenerateConfig, write_estate
-from pipeline.replay import replay
-from pipeline.report import print_replay_summary
 from pipeline.storage import open_store
 
 

@@ -153,9 +153,9 @@ def _open_store(url: str | None) -> Any:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from pipeline.commands.replay import replay
+    from pipeline.commands.summary import print_replay_summary
     from pipeline.core.inventory import load_inventory
-    from pipeline.replay import replay
-    from pipeline.report import print_replay_summary
 
     settings = _settings(args)
     inventory = load_inventory(args.inventory, internal_cidrs=settings.internal_cidrs)
@@ -174,7 +174,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             store.close()
     truth = None
     if args.truth:
-        from pipeline.evaluate import load_truth
+        from pipeline.commands.evaluate import load_truth
 
         truth = load_truth(args.truth)
     print_replay_summary(summary, store_url=None if args.no_store else args.store, truth=truth,
@@ -217,7 +217,7 @@ def _generate_to_kafka(cfg: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pipeline.demo import run_demo
+    from pipeline.commands.demo import run_demo
 
     return run_demo(args.out, args.store, args.seed)
 
