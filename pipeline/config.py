@@ -45,6 +45,7 @@ class TopicSettings(BaseModel, frozen=True):
     flows_partitions: int = 8
     dead_letter: str = "segflow-dead-letter"
     violations: str = "segflow-violations"
+    violations_format: Literal["segflow", "ocsf"] = "segflow"  # ocsf: OCSF Detection Findings
     candidate_rules: str = "segflow-candidate-rules"
     inventory: str = "segflow-inventory"  # compacted
     state: str = "segflow-state"  # compacted: per-partition pipeline snapshots

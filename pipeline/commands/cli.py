@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="chdb://PATH or http(s)://user:pass@host:port/db (default %(default)s)")
     r.add_argument("--no-store", action="store_true", help="do not write to ClickHouse")
     r.add_argument("--violations", type=Path, help="write violation events (JSONL) here")
+    r.add_argument("--violations-format", choices=["segflow", "ocsf"], default="segflow",
+                   help="segflow events (schemas/violation.schema.json) or OCSF 1.5 Detection "
+                   "Findings for SIEMs (default %(default)s)")
     r.add_argument("--rules", type=Path, help="write candidate-rule events (JSONL) here")
     r.add_argument("--policies", type=Path, help="write NetworkPolicy YAML into this folder")
     r.add_argument("--dead-letter", type=Path, help="write rejected records (JSONL) here")
@@ -164,8 +167,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         summary = replay(
             args.files, inventory, settings, fmt=args.format,
             format_options={"fields": args.fields} if args.fields else None, store=store,
-            violations_path=args.violations, rules_path=args.rules,
-            dead_letter_path=args.dead_letter, policies_dir=args.policies,
+            violations_path=args.violations, violations_format=args.violations_format,
+            rules_path=args.rules, dead_letter_path=args.dead_letter, policies_dir=args.policies,
             baseline_dir=args.save_baseline,
             progress=sys.stderr.isatty(),
         )

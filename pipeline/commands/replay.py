@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import pyarrow as pa
 
 from pipeline.core.columns import Reject
 from pipeline.core.inventory import Inventory
+from pipeline.core.ocsf import violation_formatter
 from pipeline.core.pipeline import BatchOutput, CoreSettings, Pipeline
 from pipeline.errors import InputError, StorageError
 from pipeline.sources import detect_format, get_parser
@@ -134,6 +136,7 @@ def replay(
     policies_dir: Path | None = None,
     baseline_dir: Path | None = None,
     progress: bool = False,
+    violations_format: str = "segflow",
     on_batch: Callable[[BatchOutput], None] | None = None,
 ) -> ReplaySummary:
     """Replay flow files through the core; write to the store and the requested files."""
@@ -146,6 +149,7 @@ def replay(
     pending_rows = 0
     writer = BackgroundWriter(store) if store is not None else None
     vio_out = JsonlWriter(violations_path) if violations_path else None
+    as_output = violation_formatter(violations_format, _version())
     rule_out = JsonlWriter(rules_path) if rules_path else None
     dead = DeadLetterFile(dead_letter_path) if dead_letter_path else None
 
@@ -166,7 +170,7 @@ def replay(
             if pending_rows >= STORE_ROWS:
                 flush_store()
         if vio_out and out.violations:
-            vio_out.write(out.violations)
+            vio_out.write([as_output(v) for v in out.violations])
         if rule_out and out.rules:
             rule_out.write(out.rules)
         if writer is not None and out.violations:
@@ -233,3 +237,10 @@ def replay(
 
 
 __all__ = ["ReplaySummary", "replay", "resolve_format"]
+
+
+def _version() -> str:
+    try:
+        return metadata.version("segflow")
+    except metadata.PackageNotFoundError:  # pragma: no cover - source tree without install
+        return ""

@@ -18,6 +18,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from pipeline.config import TopicSettings
+from pipeline.core.ocsf import violation_formatter
 from pipeline.stream.metrics import Metrics
 
 
@@ -44,12 +45,13 @@ class EventPublisher:
         self.topics = topics
         self.metrics = metrics
         self._futures: list[asyncio.Future[Any]] = []
+        self._format = violation_formatter(topics.violations_format)
 
     async def publish(self, violations: list[dict[str, Any]],
                       rules: list[dict[str, Any]]) -> None:
         for v in violations:
             self._futures.append(await self.producer.send(
-                self.topics.violations, value=orjson.dumps(v),
+                self.topics.violations, value=orjson.dumps(self._format(v)),
                 key=str(v.get("src_workload", "")).encode()))
             self.metrics.violations.labels(v.get("type", ""),
                                            v.get("severity", {}).get("label", "")).inc()
