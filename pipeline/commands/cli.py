@@ -139,6 +139,25 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("migrate", help="apply ClickHouse migrations to a store")
     m.add_argument("--store", default=os.environ.get("SEGFLOW_STORE", DEFAULT_STORE))
 
+    from pipeline.storage.queries import describe
+
+    views = describe()
+    q = sub.add_parser("query", help="read results back from a store: "
+                       + ", ".join(views) + " (table, JSON or CSV)")
+    q.add_argument("view", choices=list(views), help="; ".join(f"{k}: {v}" for k, v in
+                                                                views.items()))
+    q.add_argument("--store", default=os.environ.get("SEGFLOW_STORE", DEFAULT_STORE),
+                   help="chdb://PATH or http(s)://user:pass@host:port/db (default %(default)s)")
+    q.add_argument("--from", dest="start", type=_time_arg, default=None,
+                   help="event time from (epoch s or RFC 3339; default: everything)")
+    q.add_argument("--to", dest="end", type=_time_arg, default=None,
+                   help="event time to, exclusive (default: everything)")
+    q.add_argument("--app", default="", help="only rows where either end is this app "
+                   "('app' or 'namespace/app')")
+    q.add_argument("--limit", type=int, default=50, help="rows at most (default %(default)s)")
+    q.add_argument("--output", "-o", choices=("table", "json", "csv"), default="table",
+                   help="output format (default %(default)s)")
+
     w = sub.add_parser("worker", help="run the Kafka streaming worker (faust)")
     w.add_argument("--config", type=Path, help="config file (TOML/JSON); env vars override")
     w.add_argument("--role", choices=("all", "ingest", "stateful"),
@@ -234,6 +253,22 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_query(args: argparse.Namespace) -> int:
+    from pipeline.commands.query import query
+    from pipeline.storage import open_store, parse_store_url
+    from pipeline.storage.queries import FAR_FUTURE, FAR_PAST, QueryFilter
+
+    url = parse_store_url(args.store)
+    if url.is_embedded and (url.path is None or not url.path.is_dir()):
+        raise ConfigError(f"no store at {url.path}; replay into it first or pass --store")
+    flt = QueryFilter(start=FAR_PAST if args.start is None else args.start,
+                      end=FAR_FUTURE if args.end is None else args.end,
+                      app=args.app, limit=args.limit)
+    with open_store(url) as store:
+        sys.stdout.write(query(store, args.view, flt, args.output))
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     try:
         from pipeline.stream.worker import run_worker
@@ -243,7 +278,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"replay": cmd_replay, "generate": cmd_generate, "demo": cmd_demo,
-            "migrate": cmd_migrate, "worker": cmd_worker}
+            "migrate": cmd_migrate, "query": cmd_query, "worker": cmd_worker}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

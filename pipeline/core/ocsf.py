@@ -31,7 +31,7 @@ _PROTO_NAMES = {"tcp", "udp", "icmp", "icmpv6", "sctp", "gre", "esp"}
 
 
 def _ms(text: str) -> int:
-    return int(round(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000))
+    return round(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
 
 
 def _endpoint(ip: str, workload: str, port: int | None = None) -> dict[str, Any]:

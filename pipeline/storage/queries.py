@@ -1,0 +1,128 @@
+"""Named read queries over a store: what ``segflow query`` prints and the report draws.
+
+One SQL text per view, run unchanged on chdb and on a ClickHouse server, with bound
+parameters (``{from:DateTime64(3, 'UTC')}``…), never string formatting of user input. Every
+view takes the same filter — an event-time range and an optional app (``app`` or
+``namespace/app``, matching either end) — so the CLI and the report stay one code path.
+Views whose table a store lacks (older schema, or a table a later feature adds) say so in one
+line instead of failing inside ClickHouse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.errors import StorageError
+
+FAR_PAST = 0.0
+FAR_FUTURE = 4_102_444_800.0  # 2100-01-01
+
+
+@dataclass(frozen=True, slots=True)
+class QueryFilter:
+    """Event-time range [start, end) in epoch seconds, optional app, row limit."""
+
+    start: float = FAR_PAST
+    end: float = FAR_FUTURE
+    app: str = ""
+    limit: int = 50
+
+    def parameters(self) -> dict[str, Any]:
+        ns, _, name = self.app.rpartition("/")
+        return {"from": self.start, "to": self.end, "app": name, "ns": ns,
+                "any_app": int(not self.app), "limit": max(0, int(self.limit))}
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """One named query: the table it reads and its SQL."""
+
+    name: str
+    table: str
+    description: str
+    sql: str
+
+
+# ``app`` matches the app name; ``ns`` (when given) must match that end's namespace too.
+_END = "({end}_app = {{app:String}} AND ({{ns:String}} = '' OR {end}_namespace = {{ns:String}}))"
+_APP = f"({{any_app:UInt8}} OR {_END.format(end='src')} OR {_END.format(end='dst')})"
+_RANGE = ("{col} >= toDateTime64({from:Float64}, 3, 'UTC') "
+          "AND {col} < toDateTime64({to:Float64}, 3, 'UTC')")
+
+
+def _range(col: str) -> str:
+    return _RANGE.replace("{col}", col)
+
+
+VIEWS: dict[str, View] = {
+    v.name: v
+    for v in (
+        View("edges", "edge_minute", "busiest edges (client → server, port) by flows", f"""
+SELECT src_namespace, src_app, dst_namespace, dst_app, service_port, proto,
+       sum(flows) AS flows, sum(bytes) AS bytes, sum(rejected_flows) AS rejected_flows,
+       sum(violating_flows) AS violating_flows,
+       min(minute) AS first_seen, max(minute) AS last_seen,
+       if(countIf(phase = 'audit') > 0, 'audit', 'enforce') AS learned_in
+FROM edge_minute FINAL
+WHERE {_range("minute")} AND {_APP}
+GROUP BY src_namespace, src_app, dst_namespace, dst_app, service_port, proto
+ORDER BY flows DESC, src_namespace, src_app, dst_namespace, dst_app, service_port, proto
+LIMIT {{limit:UInt32}}"""),
+        View("violations", "violations", "latest violations, newest first", f"""
+SELECT ts, type, severity, score, src_namespace, src_app, src_ip, dst_namespace, dst_app,
+       dst_ip, dst_port, proto, count, last_seen, reason, id
+FROM violations FINAL
+WHERE {_range("ts")} AND {_APP}
+ORDER BY ts DESC, id
+LIMIT {{limit:UInt32}}"""),
+        View("violation-counts", "violations", "violations per day, type and severity", f"""
+SELECT toDate(ts) AS day, type, severity, count() AS violations, sum(count) AS flows
+FROM violations FINAL
+WHERE {_range("ts")} AND {_APP}
+GROUP BY day, type, severity
+ORDER BY day, type, severity
+LIMIT {{limit:UInt32}}"""),
+        View("rules", "candidate_rules", "candidate allow rules per protected app", """
+SELECT app, direction, peer, proto, ports, flows, bytes, days_observed, confidence, status,
+       first_seen, last_seen, id
+FROM candidate_rules FINAL
+WHERE last_seen >= toDateTime64({from:Float64}, 3, 'UTC')
+  AND first_seen < toDateTime64({to:Float64}, 3, 'UTC')
+  AND ({any_app:UInt8} OR app = {app:String} OR app = concat({ns:String}, '/', {app:String})
+       OR peer_app = {app:String})
+ORDER BY app, direction, peer, proto, id
+LIMIT {limit:UInt32}"""),
+    )
+}
+
+
+def table_exists(store: Any, table: str) -> bool:
+    rows = store.query_rows(
+        "SELECT count() FROM system.tables "
+        "WHERE database = currentDatabase() AND name = {t:String}",
+        {"t": table})
+    return bool(rows and rows[0][0])
+
+
+def run_view(store: Any, name: str, flt: QueryFilter) -> pa.Table:
+    """The view's rows as Arrow; StorageError naming the fix when its table is missing."""
+    try:
+        view = VIEWS[name]
+    except KeyError:
+        raise StorageError(f"no view {name!r}; choose one of {', '.join(VIEWS)}") from None
+    if not table_exists(store, view.table):
+        raise StorageError(f"this store has no {view.table} table; "
+                           "run `segflow migrate --store URL` (or replay into it) first")
+    return store.query_arrow(view.sql, flt.parameters())
+
+
+def describe() -> Mapping[str, str]:
+    """View name → one-line description (for help text)."""
+    return {name: v.description for name, v in VIEWS.items()}
+
+
+__all__ = ["VIEWS", "QueryFilter", "View", "describe", "run_view", "table_exists"]
