@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--rules", type=Path, help="write candidate-rule events (JSONL) here")
     r.add_argument("--policies", type=Path, help="write NetworkPolicy YAML into this folder")
     r.add_argument("--dead-letter", type=Path, help="write rejected records (JSONL) here")
+    r.add_argument("--report", type=Path, metavar="HTML",
+                   help="write the self-contained HTML report of the store here")
     r.add_argument("--truth", type=Path, help="ground-truth file to score violations against")
     r.add_argument("--save-baseline", type=Path, metavar="DIR",
                    help="write the learned baseline + manifest here (e.g. models/prod-2026-01)")
@@ -140,6 +142,18 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--store", default=os.environ.get("SEGFLOW_STORE", DEFAULT_STORE))
 
     from pipeline.storage.queries import describe
+
+    rp = sub.add_parser("report", help="write a self-contained HTML report of a store "
+                        "(no network needed to open it)")
+    rp.add_argument("--store", default=os.environ.get("SEGFLOW_STORE", DEFAULT_STORE),
+                    help="chdb://PATH or http(s)://user:pass@host:port/db (default %(default)s)")
+    rp.add_argument("--out", type=Path, default=Path("segflow-report.html"),
+                    help="HTML file to write (default %(default)s)")
+    rp.add_argument("--from", dest="start", type=_time_arg, default=None,
+                    help="event time from (epoch s or RFC 3339; default: everything)")
+    rp.add_argument("--to", dest="end", type=_time_arg, default=None,
+                    help="event time to, exclusive (default: everything)")
+    rp.add_argument("--app", default="", help="only what touches this app ('app' or 'ns/app')")
 
     views = describe()
     q = sub.add_parser("query", help="read results back from a store: "
@@ -180,6 +194,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from pipeline.core.inventory import load_inventory
 
     settings = _settings(args)
+    if args.report and args.no_store:
+        raise ConfigError("--report reads the store: drop --no-store or --report")
     inventory = load_inventory(args.inventory, internal_cidrs=settings.internal_cidrs)
     store = None if args.no_store else _open_store(args.store)
     try:
@@ -191,6 +207,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
             baseline_dir=args.save_baseline,
             progress=sys.stderr.isatty(),
         )
+        if args.report:
+            from pipeline.commands.report import inputs_from_summary, write_report
+
+            write_report(store, args.report, inputs=inputs_from_summary(summary))
     finally:
         if store is not None:
             store.close()
@@ -202,7 +222,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     print_replay_summary(summary, store_url=None if args.no_store else args.store, truth=truth,
                          outputs={"violations": args.violations, "rules": args.rules,
                                   "policies": args.policies, "dead letters": args.dead_letter,
-                                  "baseline": args.save_baseline})
+                                  "baseline": args.save_baseline, "report": args.report})
     return 0
 
 
@@ -253,19 +273,39 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_query(args: argparse.Namespace) -> int:
-    from pipeline.commands.query import query
-    from pipeline.storage import open_store, parse_store_url
-    from pipeline.storage.queries import FAR_FUTURE, FAR_PAST, QueryFilter
+def _existing_store(text: str) -> Any:
+    from pipeline.storage import parse_store_url
 
-    url = parse_store_url(args.store)
+    url = parse_store_url(text)
     if url.is_embedded and (url.path is None or not url.path.is_dir()):
         raise ConfigError(f"no store at {url.path}; replay into it first or pass --store")
-    flt = QueryFilter(start=FAR_PAST if args.start is None else args.start,
-                      end=FAR_FUTURE if args.end is None else args.end,
-                      app=args.app, limit=args.limit)
-    with open_store(url) as store:
-        sys.stdout.write(query(store, args.view, flt, args.output))
+    return url
+
+
+def _filter(args: argparse.Namespace, limit: int = 50) -> Any:
+    from pipeline.storage.queries import FAR_FUTURE, FAR_PAST, QueryFilter
+
+    return QueryFilter(start=FAR_PAST if args.start is None else args.start,
+                       end=FAR_FUTURE if args.end is None else args.end,
+                       app=args.app, limit=limit)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipeline.commands.report import write_report
+    from pipeline.storage import open_store
+
+    with open_store(_existing_store(args.store)) as store:
+        out = write_report(store, args.out, _filter(args))
+    print(f"report written to {out}")
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from pipeline.commands.query import query
+    from pipeline.storage import open_store
+
+    with open_store(_existing_store(args.store)) as store:
+        sys.stdout.write(query(store, args.view, _filter(args, args.limit), args.output))
     return 0
 
 
@@ -278,7 +318,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"replay": cmd_replay, "generate": cmd_generate, "demo": cmd_demo,
-            "migrate": cmd_migrate, "query": cmd_query, "worker": cmd_worker}
+            "migrate": cmd_migrate, "query": cmd_query, "report": cmd_report, "worker": cmd_worker}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

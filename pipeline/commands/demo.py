@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pipeline.commands.evaluate import load_truth
 from pipeline.commands.replay import replay
+from pipeline.commands.report import inputs_from_summary, write_report
 from pipeline.commands.summary import print_replay_summary
 from pipeline.core.inventory import load_inventory
 from pipeline.core.pipeline import CoreSettings
@@ -43,6 +44,7 @@ def run_demo(out: Path, store_url: str | None, seed: int) -> int:
             "service_port, sum(flows) AS f FROM edge_minute FINAL "
             "GROUP BY 1, 2, 3 ORDER BY f DESC LIMIT 5"
         )
+        write_report(store, results / "report.html", inputs=inputs_from_summary(summary))
     finally:
         store.close()
     print_replay_summary(
@@ -50,7 +52,8 @@ def run_demo(out: Path, store_url: str | None, seed: int) -> int:
         outputs={"violations": results / "violations.jsonl",
                  "candidate rules": results / "candidate-rules.jsonl",
                  "policies": results / "policies",
-                 "dead letters": results / "dead-letter.jsonl"},
+                 "dead letters": results / "dead-letter.jsonl",
+                 "report": results / "report.html"},
     )
     print()
     print("busiest edges in the store (SELECT … FROM edge_minute FINAL):")

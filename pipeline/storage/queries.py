@@ -96,6 +96,63 @@ WHERE last_seen >= toDateTime64({from:Float64}, 3, 'UTC')
        OR peer_app = {app:String})
 ORDER BY app, direction, peer, proto, id
 LIMIT {limit:UInt32}"""),
+        View("app-map", "edge_minute", "app-to-app edges with ports, volume and violations", f"""
+SELECT src_namespace, src_app, any(src_kind) AS src_kind, dst_namespace, dst_app,
+       any(dst_kind) AS dst_kind,
+       arraySort(groupUniqArray(64)(concat(if(proto = 6, 'tcp', if(proto = 17, 'udp',
+           toString(proto))), '/', toString(service_port)))) AS ports,
+       sum(flows) AS flows, sum(bytes) AS bytes, sum(rejected_flows) AS rejected_flows,
+       sum(violating_flows) AS violating_flows, countIf(phase = 'audit') > 0 AS learned,
+       min(minute) AS first_seen, max(minute) AS last_seen
+FROM edge_minute FINAL
+WHERE {_range("minute")} AND {_APP}
+GROUP BY src_namespace, src_app, dst_namespace, dst_app
+ORDER BY flows DESC, src_namespace, src_app, dst_namespace, dst_app
+LIMIT {{limit:UInt32}}"""),
+        View("audit-progress", "edge_minute", "new edges per app and day during the audit", f"""
+SELECT e.1 AS namespace, e.2 AS app, toDate(first) AS day, count() AS new_edges
+FROM (
+    SELECT src_namespace, src_app, dst_namespace, dst_app, service_port, proto,
+           min(minute) AS first
+    FROM edge_minute FINAL
+    WHERE phase = 'audit' AND {_range("minute")}
+    GROUP BY src_namespace, src_app, dst_namespace, dst_app, service_port, proto
+)
+ARRAY JOIN [(src_namespace, src_app), (dst_namespace, dst_app)] AS e
+WHERE e.2 NOT IN ('world', 'overflow')
+  AND ({{any_app:UInt8}} OR (e.2 = {{app:String}} AND ({{ns:String}} = '' OR e.1 = {{ns:String}})))
+GROUP BY namespace, app, day
+ORDER BY namespace, app, day
+LIMIT {{limit:UInt32}}"""),
+        View("rule-coverage", "candidate_rules",
+             "per protected app: share of its inbound flows an ingress candidate rule allows", f"""
+WITH allow AS (
+    SELECT app AS key, proto, groupArray((peer, peer_kind, ports)) AS rules
+    FROM candidate_rules FINAL WHERE direction = 'ingress' GROUP BY app, proto
+)
+SELECT dst_namespace AS namespace, dst_app AS app, sum(edge_flows) AS flows,
+       sumIf(edge_flows, covered) AS allowed_flows, count() AS edges,
+       countIf(covered) AS allowed_edges,
+       round(sumIf(edge_flows, covered) / sum(edge_flows), 4) AS coverage
+FROM (
+    SELECT dst_namespace, dst_app, edges.flows AS edge_flows,
+           arrayExists(r -> has(r.3, service_port) AND (r.1 = src_key
+               OR (r.2 != 'workload' AND src_kind NOT IN ('pod', 'service', 'vm'))),
+               allow.rules) AS covered
+    FROM (
+        SELECT src_namespace, src_app, any(src_kind) AS src_kind, dst_namespace, dst_app,
+               service_port, proto, sum(flows) AS flows,
+               if(src_namespace = '', src_app, concat(src_namespace, '/', src_app)) AS src_key,
+               if(dst_namespace = '', dst_app, concat(dst_namespace, '/', dst_app)) AS dst_key
+        FROM edge_minute FINAL
+        WHERE {_range("minute")} AND {_APP} AND dst_app NOT IN ('world', 'overflow')
+        GROUP BY src_namespace, src_app, dst_namespace, dst_app, service_port, proto
+    ) AS edges
+    LEFT JOIN allow ON allow.key = edges.dst_key AND allow.proto = edges.proto
+)
+GROUP BY namespace, app
+ORDER BY coverage, flows DESC, namespace, app
+LIMIT {{limit:UInt32}}"""),
     )
 }
 
