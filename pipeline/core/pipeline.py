@@ -41,6 +41,7 @@ from pipeline.core.detect import (
 from pipeline.core.enrich import SERVICE_PORTS, Enriched, Orienter, enrich
 from pipeline.core.events import iso, proto_name, rule_event, severity_label, stable_id
 from pipeline.core.inventory import DEFAULT_INTERNAL_CIDRS, Inventory
+from pipeline.core.records import EDGE_MINUTE
 from pipeline.core.rules import derive_rules
 from pipeline.core.workloads import WORLD
 
@@ -49,28 +50,7 @@ ADMIN_PORTS = frozenset({22, 23, 135, 445, 3389, 5900, 5985, 5986})
 _TYPE_CODE = {t: i for i, t in enumerate(TYPES)}
 SERVICE_CLIENTS_MAX = 8  # known_clients_of_service: the first clients by workload key
 
-EDGE_MINUTE_SCHEMA = pa.schema(
-    [
-        ("minute", pa.timestamp("s", tz="UTC")),
-        ("src_namespace", pa.string()),
-        ("src_app", pa.string()),
-        ("src_kind", pa.string()),
-        ("dst_namespace", pa.string()),
-        ("dst_app", pa.string()),
-        ("dst_kind", pa.string()),
-        ("service_port", pa.uint16()),
-        ("proto", pa.uint8()),
-        ("phase", pa.string()),
-        ("flows", pa.uint64()),
-        ("bytes", pa.uint64()),
-        ("packets", pa.uint64()),
-        ("rejected_flows", pa.uint64()),
-        ("violating_flows", pa.uint64()),
-        ("source_id", pa.string()),
-        ("block", pa.uint64()),
-        ("version", pa.uint64()),
-    ]
-)
+EDGE_MINUTE_SCHEMA = EDGE_MINUTE.schema  # declared in pipeline/core/records.py
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,29 +324,28 @@ class Pipeline:
         names = {c: pa.array(self.workloads.column(c), pa.string())
                  for c in ("namespace", "app", "kind")}
         ci, si = pa.array(client), pa.array(server)
-        return pa.Table.from_arrays(
-            [
-                pa.array(gmin, pa.timestamp("s", tz="UTC")),
-                names["namespace"].take(ci),
-                names["app"].take(ci),
-                names["kind"].take(ci),
-                names["namespace"].take(si),
-                names["app"].take(si),
-                names["kind"].take(si),
-                pa.array(port, pa.uint16()),
-                pa.array(proto, pa.uint8()),
-                pa.array(np.where(audit, "audit", "enforce"), pa.string()),
-                pa.array(flows, pa.uint64()),
-                pa.array(nbytes.astype(np.uint64), pa.uint64()),
-                pa.array(packets.astype(np.uint64), pa.uint64()),
-                pa.array(rejected.astype(np.uint64), pa.uint64()),
-                pa.array(viol.astype(np.uint64), pa.uint64()),
-                pa.array([source_id], pa.string()).take(pa.array(np.zeros(g, dtype=np.int64))),
-                pa.array(np.full(g, block, dtype=np.uint64), pa.uint64()),
-                pa.array(np.full(g, version, dtype=np.uint64), pa.uint64()),
-            ],
-            schema=EDGE_MINUTE_SCHEMA,
-        )
+        columns: dict[str, pa.Array] = {
+            "minute": pa.array(gmin, pa.timestamp("s", tz="UTC")),
+            "src_namespace": names["namespace"].take(ci),
+            "src_app": names["app"].take(ci),
+            "dst_namespace": names["namespace"].take(si),
+            "dst_app": names["app"].take(si),
+            "src_kind": names["kind"].take(ci),
+            "dst_kind": names["kind"].take(si),
+            "service_port": pa.array(port, pa.uint16()),
+            "proto": pa.array(proto, pa.uint8()),
+            "phase": pa.array(np.where(audit, "audit", "enforce"), pa.string()),
+            "flows": pa.array(flows, pa.uint64()),
+            "bytes": pa.array(nbytes.astype(np.uint64), pa.uint64()),
+            "packets": pa.array(packets.astype(np.uint64), pa.uint64()),
+            "rejected_flows": pa.array(rejected.astype(np.uint64), pa.uint64()),
+            "violating_flows": pa.array(viol.astype(np.uint64), pa.uint64()),
+            "source_id": pa.array([source_id], pa.string()).take(
+                pa.array(np.zeros(g, dtype=np.int64))),
+            "block": pa.array(np.full(g, block, dtype=np.uint64), pa.uint64()),
+            "version": pa.array(np.full(g, version, dtype=np.uint64), pa.uint64()),
+        }
+        return EDGE_MINUTE.table_of(columns)
 
     # -- events --------------------------------------------------------------------------
     def _events(self, aggs: Iterable[Agg]) -> list[dict[str, Any]]:

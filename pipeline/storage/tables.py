@@ -1,7 +1,8 @@
-"""Arrow shapes of the stored tables, and event dicts → Arrow rows.
+"""Batches and event dicts → the Arrow rows the store inserts.
 
-The DDL lives in ``schemas/clickhouse/NNN_*.sql``; the schemas here mirror it column for
-column so inserts send exactly what the tables hold.
+Every table's columns, their types and where each is read from in an event are declared
+once in :mod:`pipeline.core.records`; this module only implements what the declarations
+name (the converters) and refuses batches or events that do not fit them.
 """
 
 from __future__ import annotations
@@ -15,88 +16,19 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.core import records
 from pipeline.errors import StorageError
 
-EDGE_MINUTE = "edge_minute"
-VIOLATIONS = "violations"
-CANDIDATE_RULES = "candidate_rules"
+EDGE_MINUTE = records.EDGE_MINUTE.table
+VIOLATIONS = records.VIOLATION.table
+CANDIDATE_RULES = records.CANDIDATE_RULE.table
 
-_TS_MS = pa.timestamp("ms", tz="UTC")
+EDGE_MINUTE_SCHEMA = records.EDGE_MINUTE.schema
+EDGE_MINUTE_COLUMNS: tuple[str, ...] = records.EDGE_MINUTE.names
+VIOLATION_SCHEMA = records.VIOLATION.schema
+RULE_SCHEMA = records.CANDIDATE_RULE.schema
+_TS_MS = records.TS_MS
 _LABEL = pa.string()
-
-EDGE_MINUTE_SCHEMA = pa.schema(
-    [
-        ("minute", pa.timestamp("s", tz="UTC")),
-        ("src_namespace", _LABEL),
-        ("src_app", _LABEL),
-        ("dst_namespace", _LABEL),
-        ("dst_app", _LABEL),
-        ("src_kind", _LABEL),
-        ("dst_kind", _LABEL),
-        ("service_port", pa.uint16()),
-        ("proto", pa.uint8()),
-        ("phase", _LABEL),
-        ("flows", pa.uint64()),
-        ("bytes", pa.uint64()),
-        ("packets", pa.uint64()),
-        ("rejected_flows", pa.uint64()),
-        ("violating_flows", pa.uint64()),
-        ("source_id", _LABEL),
-        ("block", pa.uint64()),
-        ("version", pa.uint64()),
-    ]
-)
-EDGE_MINUTE_COLUMNS: tuple[str, ...] = tuple(EDGE_MINUTE_SCHEMA.names)
-
-VIOLATION_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("ts", _TS_MS),
-        ("type", _LABEL),
-        ("severity", _LABEL),
-        ("score", pa.uint8()),
-        ("src_ip", pa.string()),
-        ("dst_ip", pa.string()),
-        ("dst_port", pa.uint16()),
-        ("proto", pa.uint8()),
-        ("src_namespace", _LABEL),
-        ("src_app", _LABEL),
-        ("dst_namespace", _LABEL),
-        ("dst_app", _LABEL),
-        ("mode", _LABEL),
-        ("reason", pa.string()),
-        ("evidence", pa.string()),
-        ("count", pa.uint64()),
-        ("first_seen", _TS_MS),
-        ("last_seen", _TS_MS),
-        ("detector", _LABEL),
-        ("version", pa.uint64()),
-    ]
-)
-
-RULE_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("app", pa.string()),
-        ("namespace", _LABEL),
-        ("direction", _LABEL),
-        ("peer_kind", _LABEL),
-        ("peer", pa.string()),
-        ("peer_namespace", pa.string()),
-        ("peer_app", pa.string()),
-        ("peer_detail", pa.string()),
-        ("proto", pa.uint8()),
-        ("ports", pa.list_(pa.uint16())),
-        ("flows", pa.uint64()),
-        ("bytes", pa.uint64()),
-        ("first_seen", _TS_MS),
-        ("last_seen", _TS_MS),
-        ("days_observed", pa.uint16()),
-        ("confidence", pa.float32()),
-        ("status", _LABEL),
-        ("version", pa.uint64()),
-    ]
-)
 
 
 def _cast(name: str, column: pa.ChunkedArray, target: pa.DataType) -> pa.ChunkedArray:
@@ -126,12 +58,19 @@ def _minute_column(column: pa.ChunkedArray) -> pa.ChunkedArray:
 
 
 def normalize_edge_minutes(table: pa.Table) -> pa.Table:
-    """Select and type the ``edge_minute`` columns; StorageError if any is missing or unfit."""
+    """Order and type the ``edge_minute`` columns; StorageError if any is missing, unfit or
+    undeclared (a column the table does not hold is refused, never dropped)."""
     missing = [c for c in EDGE_MINUTE_COLUMNS if c not in table.column_names]
     if missing:
         raise StorageError(
             f"edge_minute batch lacks columns {', '.join(missing)}; "
             "emit pipeline.storage.tables.EDGE_MINUTE_COLUMNS"
+        )
+    extra = [c for c in table.column_names if c not in EDGE_MINUTE_COLUMNS]
+    if extra:
+        raise StorageError(
+            f"edge_minute batch has columns {', '.join(extra)} that no table holds; "
+            "declare them in pipeline/core/records.py (and migrate) or drop them"
         )
     arrays: list[pa.ChunkedArray] = []
     for field in EDGE_MINUTE_SCHEMA:
@@ -185,7 +124,7 @@ def _json_text(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS).decode()
 
 
-_REQUIRED: Any = object()  # marker: the field must be present and not null
+_REQUIRED = records.REQUIRED
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,74 +174,6 @@ def _column_values(kind: str, col: _Col, events: Sequence[Mapping[str, Any]]) ->
     raise StorageError(f"{kind} events: cannot read {'.'.join(col.path)!r}")  # pragma: no cover
 
 
-def _build(
-    kind: str,
-    schema: pa.Schema,
-    events: Sequence[Mapping[str, Any]],
-    cols: Sequence[_Col],
-    fixup: Callable[[dict[str, list[Any]]], None] | None = None,
-) -> pa.Table:
-    for i, event in enumerate(events):
-        if not isinstance(event, Mapping):
-            raise StorageError(f"{kind} event {i} is a {type(event).__name__}, not a JSON object")
-    lists = {col.name: _column_values(kind, col, events) for col in cols}
-    if fixup is not None:
-        fixup(lists)
-    arrays: list[pa.Array] = []
-    for field in schema:
-        values = lists[field.name]
-        if field.type == _TS_MS:
-            arrays.append(_timestamps(field.name, values))
-            continue
-        try:
-            arrays.append(pa.array(values, field.type))
-        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
-            raise StorageError(
-                f"{kind} field {field.name!r} does not fit {field.type}: {exc}".splitlines()[0]
-            ) from exc
-    return pa.Table.from_arrays(arrays, schema=schema)
-
-
-def _c(name: str, path: str | None = None, default: Any = _REQUIRED, convert: Any = None) -> _Col:
-    return _Col(name, tuple((path or name).split(".")), default, convert)
-
-
-_VIOLATION_COLS = (
-    _c("id"),
-    _c("ts"),
-    _c("type"),
-    _c("severity", "severity.label"),
-    _c("score", "severity.score"),
-    _c("src_ip"),
-    _c("dst_ip"),
-    _c("dst_port"),
-    _c("proto"),
-    _c("src_namespace", default=""),
-    _c("src_app", default=""),
-    _c("dst_namespace", default=""),
-    _c("dst_app", default=""),
-    _c("mode"),
-    _c("reason", default=""),
-    _c("evidence", default={}, convert=_json_text),
-    _c("count", default=1),
-    _c("first_seen", default=""),  # "" → ts, filled in below
-    _c("last_seen", default=""),
-    _c("detector", default=""),
-    _c("version", default=0),
-)
-
-
-def violations_to_arrow(events: Sequence[Mapping[str, Any]]) -> pa.Table:
-    """Violation event dicts (``schemas/violation.schema.json``) → ``violations`` rows."""
-
-    def seen_defaults_to_ts(lists: dict[str, list[Any]]) -> None:
-        for name in ("first_seen", "last_seen"):
-            pairs = zip(lists[name], lists["ts"], strict=True)
-            lists[name] = [v if v != "" else ts for v, ts in pairs]
-
-    return _build("violation", VIOLATION_SCHEMA, events, _VIOLATION_COLS, seen_defaults_to_ts)
-
-
 def _peer_text(peer: Mapping[str, Any]) -> str:
     kind = peer.get("kind")
     if kind == "workload":
@@ -313,49 +184,102 @@ def _peer_text(peer: Mapping[str, Any]) -> str:
     return "world"
 
 
-_RULE_COLS = (
-    _c("id"),
-    _c("app"),
-    _c("namespace", default=""),
-    _c("direction"),
-    _c("peer_kind", "peer.kind"),
-    _c("peer", convert=_peer_text),
-    _c("peer_namespace", "peer.namespace", default=""),
-    _c("peer_app", "peer.app", default=""),
-    _c("peer_detail", "peer", convert=_json_text),
-    _c("proto"),
-    _c("ports", default=[]),
-    _c("flows", "evidence.flows"),
-    _c("bytes", "evidence.bytes"),
-    _c("first_seen", "evidence.first_seen"),
-    _c("last_seen", "evidence.last_seen"),
-    _c("days_observed", "evidence.days_observed", default=0),
-    _c("confidence"),
-    _c("status", default="proposed"),
-    _c("version", default=0),
-)
+def _namespace_of(app: Any) -> str:
+    return str(app).split("/", 1)[0] if "/" in str(app) else ""
+
+
+CONVERTERS: dict[str, Callable[[Any], Any]] = {
+    "json_text": _json_text,  # any JSON value → its canonical text (sorted keys)
+    "peer_text": _peer_text,  # a rule's peer object → 'ns/app', a CIDR or 'world'
+    "namespace_of": _namespace_of,  # 'ns/app' → 'ns'
+}
+"""The converters :mod:`pipeline.core.records` may name (``Column.convert``, ``From``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """How to read one record's rows from its events (from the record's declaration)."""
+
+    record: records.Record
+    cols: tuple[_Col, ...]
+    fallbacks: tuple[tuple[str, str, Callable[[Any], Any] | None], ...]  # (col, from, conv)
+
+
+def _converter(table: str, name: str | None) -> Callable[[Any], Any] | None:
+    if name is None:
+        return None
+    try:
+        return CONVERTERS[name]
+    except KeyError:
+        raise RuntimeError(f"records: {table} names converter {name!r}; "
+                           f"pipeline/storage/tables.py has {sorted(CONVERTERS)}") from None
+
+
+def _plan(rec: records.Record) -> _Plan:
+    cols: list[_Col] = []
+    fallbacks: list[tuple[str, str, Callable[[Any], Any] | None]] = []
+    for c in rec.columns:
+        path = c.event_path
+        assert path is not None  # Record checks event records have a path per column
+        cols.append(_Col(c.name, tuple(path.split(".")), c.default, _converter(rec.table,
+                                                                              c.convert)))
+        if c.fallback is not None:
+            fallbacks.append((c.name, c.fallback.column,
+                              _converter(rec.table, c.fallback.convert)))
+    return _Plan(rec, tuple(cols), tuple(fallbacks))
+
+
+_PLANS = {rec.table: _plan(rec) for rec in records.event_records()}  # fails loudly at import
+
+
+def events_to_arrow(table: str, events: Sequence[Mapping[str, Any]]) -> pa.Table:
+    """Event dicts → rows of ``table``, read as :mod:`pipeline.core.records` declares."""
+    plan = _PLANS[table]
+    kind = plan.record.event
+    for i, event in enumerate(events):
+        if not isinstance(event, Mapping):
+            raise StorageError(f"{kind} event {i} is a {type(event).__name__}, not a JSON object")
+    lists = {col.name: _column_values(kind, col, events) for col in plan.cols}
+    for name, source, convert in plan.fallbacks:
+        lists[name] = [
+            v if v != "" and v is not None else (s if convert is None else convert(s))
+            for v, s in zip(lists[name], lists[source], strict=True)
+        ]
+    arrays: list[pa.Array] = []
+    for field in plan.record.schema:
+        values = lists[field.name]
+        if field.type == _TS_MS:
+            arrays.append(_timestamps(field.name, values))
+            continue
+        try:
+            arrays.append(pa.array(values, field.type))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
+            raise StorageError(
+                f"{kind} field {field.name!r} does not fit {field.type}: {exc}".splitlines()[0]
+            ) from exc
+    return pa.Table.from_arrays(arrays, schema=plan.record.schema)
+
+
+def violations_to_arrow(events: Sequence[Mapping[str, Any]]) -> pa.Table:
+    """Violation event dicts (``schemas/violation.schema.json``) → ``violations`` rows."""
+    return events_to_arrow(VIOLATIONS, events)
 
 
 def rules_to_arrow(events: Sequence[Mapping[str, Any]]) -> pa.Table:
     """Candidate-rule event dicts (``schemas/candidate_rule.schema.json``) → rows."""
-
-    def namespace_from_app(lists: dict[str, list[Any]]) -> None:
-        lists["namespace"] = [
-            ns or (str(app).split("/", 1)[0] if "/" in str(app) else "")
-            for ns, app in zip(lists["namespace"], lists["app"], strict=True)
-        ]
-
-    return _build("candidate_rule", RULE_SCHEMA, events, _RULE_COLS, namespace_from_app)
+    return events_to_arrow(CANDIDATE_RULES, events)
 
 
 __all__ = [
     "CANDIDATE_RULES",
+    "CONVERTERS",
     "EDGE_MINUTE",
     "EDGE_MINUTE_COLUMNS",
     "EDGE_MINUTE_SCHEMA",
     "RULE_SCHEMA",
     "VIOLATIONS",
     "VIOLATION_SCHEMA",
+    "events_to_arrow",
     "normalize_edge_minutes",
     "rules_to_arrow",
     "violations_to_arrow",
