@@ -271,10 +271,19 @@ _SafeDumper: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
 class _Dumper(_SafeDumper):
-    """Safe dumper that never emits anchors/aliases for shared sub-objects."""
+    """Safe dumper that never emits anchors/aliases for shared sub-objects and quotes every
+    string another YAML reader could take for a number, bool or null (``1e3``, ``y``)."""
 
     def ignore_aliases(self, data: Any) -> bool:
         return True
+
+
+def _represent_str(dumper: Any, data: str) -> Any:
+    style = "'" if labels.yaml_needs_quotes(data) else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
 
 
 def dump(doc: Mapping[str, Any]) -> str:

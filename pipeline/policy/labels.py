@@ -25,6 +25,18 @@ _RULE_ID_RE = re.compile(r"[A-Za-z0-9][-A-Za-z0-9_.:]{0,127}")
 
 MAX_NAME = 63
 MAX_PREFIX = 253
+# plain scalars that some YAML reader (1.1: PyYAML, go-yaml v2; 1.2 core: go-yaml v3, ruamel)
+# resolves to something other than a string
+_YAML_NON_STRING = re.compile(
+    r"""(?x)
+    ~|null|Null|NULL|
+    y|Y|yes|Yes|YES|n|N|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF|
+    [-+]?(?:0|[1-9][0-9_]*)|[-+]?0[0-7_]+|[-+]?0o[0-7_]+|[-+]?0x[0-9a-fA-F_]+|[-+]?0b[01_]+|
+    [-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?|
+    [-+]?(?:\.[0-9_]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?|
+    [-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)|
+    =|<<"""
+)
 
 # Workload kinds whose pods a selector can pick. A "service" counts only with an explicit
 # selector (its pods' labels); vm/external/unknown are never protected by pod policies.
@@ -47,6 +59,13 @@ def _name_error(what: str, value: object, pattern: re.Pattern[str], limit: int) 
     if not value.isascii() or pattern.fullmatch(value) is None:
         return f"{what} has invalid characters: {show(value)}"
     return None
+
+
+def yaml_needs_quotes(text: str) -> bool:
+    """True when ``text`` written as a plain YAML scalar would be read as another type
+    (``1e3``, ``yes``, ``y``, ``null``, ``0x1F``, ``010``, ``1:20``, ``.inf``) by a YAML 1.1
+    or 1.2 reader, or is empty; such values must be written quoted."""
+    return text == "" or _YAML_NON_STRING.fullmatch(text) is not None
 
 
 def label_key_error(key: object) -> str | None:
@@ -190,4 +209,5 @@ __all__ = [
     "selector_error",
     "show",
     "workload_error",
+    "yaml_needs_quotes",
 ]
