@@ -192,6 +192,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from pipeline.commands.replay import replay
     from pipeline.commands.summary import print_replay_summary
     from pipeline.core.inventory import load_inventory
+    from pipeline.storage.files import Outputs
+    from pipeline.storage.queries import QueryFilter
 
     settings = _settings(args)
     if args.report and args.no_store:
@@ -199,18 +201,20 @@ def cmd_replay(args: argparse.Namespace) -> int:
     inventory = load_inventory(args.inventory, internal_cidrs=settings.internal_cidrs)
     store = None if args.no_store else _open_store(args.store)
     try:
-        summary = replay(
-            args.files, inventory, settings, fmt=args.format,
-            format_options={"fields": args.fields} if args.fields else None, store=store,
-            violations_path=args.violations, violations_format=args.violations_format,
-            rules_path=args.rules, dead_letter_path=args.dead_letter, policies_dir=args.policies,
-            baseline_dir=args.save_baseline,
-            progress=sys.stderr.isatty(),
-        )
-        if args.report:
-            from pipeline.commands.report import inputs_from_summary, write_report
+        with Outputs() as outputs:  # every output file in place only if all of them succeed
+            summary = replay(
+                args.files, inventory, settings, fmt=args.format,
+                format_options={"fields": args.fields} if args.fields else None, store=store,
+                violations_path=args.violations, violations_format=args.violations_format,
+                rules_path=args.rules, dead_letter_path=args.dead_letter,
+                policies_dir=args.policies, baseline_dir=args.save_baseline,
+                progress=sys.stderr.isatty(), outputs=outputs,
+            )
+            if args.report:
+                from pipeline.commands.report import build_report, inputs_from_summary
 
-            write_report(store, args.report, inputs=inputs_from_summary(summary))
+                page = build_report(store, QueryFilter(), inputs=inputs_from_summary(summary))
+                outputs.stage(args.report, page.encode("utf-8"))
     finally:
         if store is not None:
             store.close()

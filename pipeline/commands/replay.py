@@ -1,8 +1,10 @@
 """File replay: the batch adapter around the core (files in; store, JSONL and YAML out).
 
 Each file is parsed in line blocks; each block is one core batch whose aggregates carry a
-deterministic (source_id, block) key, so replaying the same files again replaces rather than
-doubles rows in the store. Event files are rewritten, not appended, for the same reason.
+key made from the input's content (:func:`content_key`), not its path, so replaying the same
+flows again — from the same file or a copy anywhere — replaces rather than doubles rows in
+the store. Output files are staged and put in place only when the whole run succeeded
+(:class:`~pipeline.storage.files.Outputs`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pyarrow as pa
 
 from pipeline.core.columns import Reject
@@ -27,7 +30,7 @@ from pipeline.errors import InputError, StorageError
 from pipeline.sources import detect_format, get_parser
 from pipeline.sources.base import open_binary, parse_file
 from pipeline.storage.background import BackgroundWriter
-from pipeline.storage.files import DeadLetterFile, JsonlWriter
+from pipeline.storage.files import Outputs
 
 STORE_ROWS = 200_000  # edge-minute rows buffered before one insert
 
@@ -138,8 +141,21 @@ def replay(
     progress: bool = False,
     violations_format: str = "segflow",
     on_batch: Callable[[BatchOutput], None] | None = None,
+    outputs: Outputs | None = None,
 ) -> ReplaySummary:
-    """Replay flow files through the core; write to the store and the requested files."""
+    """Replay flow files through the core; write to the store and the requested files.
+
+    The files are staged in ``outputs`` (the caller commits them, e.g. after more outputs of
+    the same run) or, without it, put in place when the replay returns; a replay that raises
+    leaves every existing output file as it was.
+    """
+    if outputs is None:
+        with Outputs() as own:
+            return replay(paths, inventory, settings, fmt=fmt, format_options=format_options,
+                          store=store, violations_path=violations_path, rules_path=rules_path,
+                          dead_letter_path=dead_letter_path, policies_dir=policies_dir,
+                          baseline_dir=baseline_dir, progress=progress,
+                          violations_format=violations_format, on_batch=on_batch, outputs=own)
     paths = expand_inputs(paths)
     summary = ReplaySummary(files=len(paths))
     core = Pipeline(settings, inventory)
@@ -148,10 +164,10 @@ def replay(
     pending: list[pa.Table] = []
     pending_rows = 0
     writer = BackgroundWriter(store) if store is not None else None
-    vio_out = JsonlWriter(violations_path) if violations_path else None
+    vio_out = outputs.jsonl(violations_path) if violations_path else None
     as_output = violation_formatter(violations_format, _version())
-    rule_out = JsonlWriter(rules_path) if rules_path else None
-    dead = DeadLetterFile(dead_letter_path) if dead_letter_path else None
+    rule_out = outputs.jsonl(rules_path) if rules_path else None
+    dead = outputs.dead_letter(dead_letter_path) if dead_letter_path else None
 
     def flush_store() -> None:
         nonlocal pending, pending_rows
@@ -190,11 +206,14 @@ def replay(
         for path in paths:
             name = resolve_format(path, fmt)
             parser = get_parser(name, **(format_options or {}))
-            source_id = str(path.resolve())
-            for block, result in enumerate(parse_file(path, parser)):
+            seed = content_seed(name, format_options)
+            source_id = ""
+            for result in parse_file(path, parser, seed=seed):
                 summary.records += result.records_in
                 reject(result.rejects)
-                out = core.process(result.flows, source_id=source_id, block=block,
+                source_id = source_id or content_source_id(result.content_key)
+                out = core.process(result.flows, source_id=source_id,
+                                   block=content_block(result.content_key),
                                    version=result.flows.num_rows)
                 summary.flows += result.flows.num_rows
                 take(out)
@@ -210,9 +229,6 @@ def replay(
                 writer.close()
         bar.update("done", summary.records, len(summary.violations), force=True)
         bar.done()
-        for w in (vio_out, rule_out, dead):
-            if w is not None:
-                w.close()
     summary.seconds = time.perf_counter() - t0
     summary.audit_flows = core.counts["audit_flows"]
     summary.enforce_flows = core.counts["enforce_flows"]
@@ -224,19 +240,43 @@ def replay(
     summary.audit_end = core.audit_end
     summary.saturated_workloads = len(core.baseline.saturated_)
     if baseline_dir is not None:
-        from pipeline.storage.artifacts import save_baseline
+        from pipeline.storage.artifacts import baseline_files
 
-        save_baseline(core, baseline_dir, inputs=[str(p) for p in paths])
+        for fname, data in baseline_files(core, inputs=[str(p) for p in paths]).items():
+            outputs.stage(baseline_dir / fname, data)
     if policies_dir is not None:
         from pipeline.policy import render_networkpolicies, write_policies
 
         rendered = render_networkpolicies(core.candidate_rules())
-        summary.policy_files = write_policies(rendered, policies_dir)
         summary.policy_skipped = len(rendered.skipped)
+        target = policies_dir
+
+        def write() -> None:
+            summary.policy_files = write_policies(rendered, target)
+
+        outputs.defer(write)
     return summary
 
 
-__all__ = ["ReplaySummary", "replay", "resolve_format"]
+def content_seed(fmt: str, format_options: dict[str, Any] | None) -> bytes:
+    """What, besides the bytes, decides which flows a file yields: its format and options."""
+    return orjson.dumps({"format": fmt, "options": format_options or {}},
+                        option=orjson.OPT_SORT_KEYS)
+
+
+def content_source_id(first_key: bytes) -> str:
+    """The aggregates' ``source_id`` for a file: its first block's content key (the same for
+    every copy of the file; a label to find or delete one input's rows by)."""
+    return "sha256:" + first_key[:16].hex()
+
+
+def content_block(key: bytes) -> int:
+    """The aggregates' ``block``: 64 bits of the block's chained content key."""
+    return int.from_bytes(key[:8], "big")
+
+
+__all__ = ["ReplaySummary", "content_block", "content_seed", "content_source_id", "replay",
+           "resolve_format"]
 
 
 def _version() -> str:

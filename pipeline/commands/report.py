@@ -24,6 +24,7 @@ from jinja2 import Environment, select_autoescape
 from plotly.offline import get_plotlyjs
 
 from pipeline.errors import StorageError
+from pipeline.storage.files import write_atomic
 from pipeline.storage.queries import QueryFilter, run_view
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -261,10 +262,7 @@ def write_report(store: Any, out: Path, flt: QueryFilter | None = None,
                  inputs: InputCounts | None = None) -> Path:
     """Write the report atomically (temporary file renamed into place)."""
     page = build_report(store, flt or QueryFilter(), inputs=inputs)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
+    write_atomic(out, page.encode("utf-8"))
     return out
 
 

@@ -9,7 +9,9 @@ header state between blocks.
 from __future__ import annotations
 
 import gzip
+import hashlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -32,6 +34,7 @@ class ParseResult:
     flows: pa.Table = field(default_factory=empty_flows)
     rejects: list[Reject] = field(default_factory=list)
     records_in: int = 0  # records seen in the block (good + rejected)
+    content_key: bytes = b""  # set by parse_file: digest of the input's bytes up to this block
 
 
 class BlockParser(Protocol):
@@ -105,14 +108,31 @@ def read_document(path: Path) -> bytes:
     return b"".join(parts)
 
 
-def parse_file(path: Path, parser: BlockParser) -> Iterator[ParseResult]:
-    """Run ``parser`` over a file block by block."""
+def parse_file(path: Path, parser: BlockParser, *, seed: bytes = b"") -> Iterator[ParseResult]:
+    """Run ``parser`` over a file block by block.
+
+    Each result carries a ``content_key``: SHA-256 chained over ``seed`` and the file's
+    (decompressed) bytes up to the end of its block. It names the block by what was read,
+    not where from, so a copy of a file at another path, name or compression gets the same
+    keys, and the same bytes after a different beginning (another header) get other keys.
+    """
     source = str(path)
+    chain = hashlib.sha256(seed)
     if parser.whole_document:
-        yield parser.parse(read_document(path), source, 1)
+        doc = read_document(path)
+        chain.update(doc)
+        result = parser.parse(doc, source, 1)
+        result.content_key = chain.digest()
+        yield result
         return
-    for block, first_line in iter_line_blocks(path):
-        yield parser.parse(block, source, first_line)
+    with ThreadPoolExecutor(1, thread_name_prefix="segflow-hash") as hasher:
+        for block, first_line in iter_line_blocks(path):
+            # hashlib releases the GIL: the block is hashed while it is parsed
+            hashed = hasher.submit(chain.update, block)  # block i's key covers blocks 0..i
+            result = parser.parse(block, source, first_line)
+            hashed.result()
+            result.content_key = chain.digest()
+            yield result
 
 
 __all__ = [

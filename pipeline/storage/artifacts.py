@@ -21,6 +21,7 @@ from pipeline.core.inventory import Inventory
 from pipeline.core.pipeline import CoreSettings, Pipeline
 from pipeline.core.snapshot import dump_state, load_state
 from pipeline.errors import InputError
+from pipeline.storage.files import write_atomic
 
 MANIFEST_VERSION = 1
 _LIBS = ("segflow", "numpy", "pyarrow", "scikit-learn", "orjson")
@@ -35,9 +36,14 @@ def _version(name: str) -> str | None:
 
 def save_baseline(p: Pipeline, out_dir: Path, *, inputs: list[str]) -> Path:
     """Write baseline.npz + manifest.json into ``out_dir``; returns the manifest path."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, data in baseline_files(p, inputs=inputs).items():
+        write_atomic(out_dir / name, data)
+    return out_dir / "manifest.json"
+
+
+def baseline_files(p: Pipeline, *, inputs: list[str]) -> dict[str, bytes]:
+    """The artifact's files by name (``baseline.npz``, ``manifest.json``), not yet written."""
     state = dump_state(p)
-    (out_dir / "baseline.npz").write_bytes(state)
     b = p.baseline
     manifest: dict[str, Any] = {
         "manifest_version": MANIFEST_VERSION,
@@ -58,9 +64,9 @@ def save_baseline(p: Pipeline, out_dir: Path, *, inputs: list[str]) -> Path:
         "libraries": {name: _version(name) for name in _LIBS},
         "python": platform.python_version(),
     }
-    path = out_dir / "manifest.json"
-    path.write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
-    return path
+    return {"baseline.npz": state,
+            "manifest.json": orjson.dumps(manifest,
+                                          option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)}
 
 
 def load_baseline(in_dir: Path, inventory: Inventory,
@@ -80,4 +86,4 @@ def load_baseline(in_dir: Path, inventory: Inventory,
     return load_state(state, settings, inventory)
 
 
-__all__ = ["load_baseline", "save_baseline"]
+__all__ = ["baseline_files", "load_baseline", "save_baseline"]
