@@ -11,13 +11,17 @@ and per server workload (a port scan during audit saturates the scanner's budget
 grow memory). Edges past a bound are not learned; the workload is marked *saturated* (not
 ready to enforce) and the refusals counted. Memory ≈ 300 B per edge (arrays + index).
 
-Estimator-like: parameters in ``__init__``, learned attributes end in ``_``, ``partial_fit``
-returns self; :meth:`to_dict`/:meth:`from_dict` give a plain, pickle-free artifact.
+Estimator-like: ``__init__`` only stores parameters, learned attributes end in ``_`` and
+exist from the first :meth:`~EdgeBaseline.partial_fit` (or :meth:`~EdgeBaseline.freeze`) on,
+``partial_fit`` returns self; :meth:`~EdgeBaseline.state` / :meth:`~EdgeBaseline.from_state`
+give the learned state as plain numpy arrays and JSON values (no pickle).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, ClassVar, Self
 
 import numpy as np
 
@@ -27,6 +31,26 @@ HIST_BINS = 48  # log2 bins of bytes per active hour (2^48 B/h is far above any 
 HOUR = 3600.0
 DAY = 86400.0
 _ALL_HOURS = (1 << 24) - 1
+_CAPACITY = 1024  # rows allocated at first use; doubles as edges are admitted
+# the per-edge learned arrays (row i describes edge i): dtype, per-row shape, unused-row value
+_EDGE_ARRAYS: dict[str, tuple[type[np.generic], tuple[int, ...], float]] = {
+    "keys_": (np.int64, (), 0),
+    "first_seen_": (np.float64, (), 0),
+    "last_seen_": (np.float64, (), 0),
+    "flows_": (np.int64, (), 0),
+    "bytes_": (np.int64, (), 0),
+    "packets_": (np.int64, (), 0),
+    "hour_mask_": (np.int64, (), 0),
+    "days_": (np.int32, (), 0),
+    "last_day_": (np.int64, (), -1),
+    "hist_": (np.uint16, (HIST_BINS,), 0),
+    "peak_hour_bytes_": (np.float64, (), 0),
+    "cur_hour_": (np.int64, (), -1),
+    "cur_bytes_": (np.float64, (), 0),
+    "threshold_": (np.float64, (), np.inf),
+    "median_hour_bytes_": (np.float64, (), 0),
+}
+EDGE_ARRAYS = tuple(_EDGE_ARRAYS)  # names of the per-edge learned arrays, keys_ first
 
 
 def edge_keys(
@@ -67,6 +91,34 @@ def dilate24(mask: np.ndarray) -> np.ndarray:
 class EdgeBaseline:
     """Learned edges with per-edge statistics; see the module docstring."""
 
+    # learned scalars readable before the first fit (an empty baseline)
+    n_: int = 0
+    frozen_: bool = False
+    refused_: int = 0  # edges refused by a bound
+    saturated_: Mapping[int, int] = MappingProxyType({})  # wid → edges refused
+    # learned arrays, allocated at first use: _EDGE_ARRAYS, plus per-wid edge counts
+    rows_: dict[int, int]  # edge key → row
+    keys_: np.ndarray
+    first_seen_: np.ndarray
+    last_seen_: np.ndarray
+    flows_: np.ndarray
+    bytes_: np.ndarray
+    packets_: np.ndarray
+    hour_mask_: np.ndarray
+    days_: np.ndarray
+    last_day_: np.ndarray
+    hist_: np.ndarray
+    peak_hour_bytes_: np.ndarray
+    cur_hour_: np.ndarray
+    cur_bytes_: np.ndarray
+    threshold_: np.ndarray
+    median_hour_bytes_: np.ndarray
+    client_edges_: np.ndarray
+    server_edges_: np.ndarray
+    _PARAMS: ClassVar[tuple[str, ...]] = (
+        "max_edges", "max_edges_per_workload", "volume_min_bytes", "volume_mad_k",
+        "volume_peak_factor")
+
     def __init__(
         self,
         *,
@@ -81,48 +133,30 @@ class EdgeBaseline:
         self.volume_min_bytes = volume_min_bytes
         self.volume_mad_k = volume_mad_k
         self.volume_peak_factor = volume_peak_factor
-        self.rows_: dict[int, int] = {}
-        self.n_ = 0
-        cap = 1024
-        self.keys_ = np.zeros(cap, dtype=np.int64)
-        self.first_seen_ = np.zeros(cap)
-        self.last_seen_ = np.zeros(cap)
-        self.flows_ = np.zeros(cap, dtype=np.int64)
-        self.bytes_ = np.zeros(cap, dtype=np.int64)
-        self.packets_ = np.zeros(cap, dtype=np.int64)
-        self.hour_mask_ = np.zeros(cap, dtype=np.int64)
-        self.days_ = np.zeros(cap, dtype=np.int32)
-        self.last_day_ = np.full(cap, -1, dtype=np.int64)
-        self.hist_ = np.zeros((cap, HIST_BINS), dtype=np.uint16)
-        self.peak_hour_bytes_ = np.zeros(cap)
-        self.cur_hour_ = np.full(cap, -1, dtype=np.int64)
-        self.cur_bytes_ = np.zeros(cap)
-        self.threshold_ = np.full(cap, np.inf)
-        self.median_hour_bytes_ = np.zeros(cap)
-        self.client_edges_ = np.zeros(1024, dtype=np.int32)
-        self.server_edges_ = np.zeros(1024, dtype=np.int32)
-        self.saturated_: dict[int, int] = {}  # wid → edges refused
-        self.refused_ = 0
-        self.frozen_ = False
 
     # -- storage -------------------------------------------------------------------------
     def __len__(self) -> int:
         return self.n_
+
+    def _allocate(self, cap: int = _CAPACITY) -> None:
+        """Create the (empty) learned state, once."""
+        if hasattr(self, "keys_"):
+            return
+        for name, (dtype, shape, fill) in _EDGE_ARRAYS.items():
+            setattr(self, name, np.full((cap, *shape), fill, dtype=dtype))
+        self.rows_ = {}
+        self.client_edges_ = np.zeros(1024, dtype=np.int32)
+        self.server_edges_ = np.zeros(1024, dtype=np.int32)
+        self.saturated_ = {}
 
     def _grow(self, need: int) -> None:
         cap = len(self.keys_)
         if need <= cap:
             return
         new = max(need, cap * 2)
-        for name in (
-            "keys_", "first_seen_", "last_seen_", "flows_", "bytes_", "packets_", "hour_mask_",
-            "days_", "last_day_", "hist_", "peak_hour_bytes_", "cur_hour_", "cur_bytes_",
-            "threshold_", "median_hour_bytes_",
-        ):
-            old = getattr(self, name)
-            fill = {"last_day_": -1, "cur_hour_": -1, "threshold_": np.inf}.get(name, 0)
-            arr = np.full((new, *old.shape[1:]), fill, dtype=old.dtype)
-            arr[:cap] = old
+        for name, (dtype, shape, fill) in _EDGE_ARRAYS.items():
+            arr = np.full((new, *shape), fill, dtype=dtype)
+            arr[:cap] = getattr(self, name)
             setattr(self, name, arr)
 
     def _count_arrays(self, wid: int) -> None:
@@ -134,9 +168,46 @@ class EdgeBaseline:
                 arr[: len(old)] = old
                 setattr(self, name, arr)
 
+    # -- state ---------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """The learned state: the first ``n`` rows of every per-edge array (by name, see
+        :data:`EDGE_ARRAYS`), the per-wid edge counts, and JSON scalars. Copies nothing
+        that :meth:`from_state` cannot rebuild from it."""
+        self._allocate()
+        n = self.n_
+        out: dict[str, Any] = {
+            "n": n,
+            "frozen": self.frozen_,
+            "refused": self.refused_,
+            "saturated": [[k, v] for k, v in self.saturated_.items()],
+        }
+        out.update({name: getattr(self, name)[:n] for name in EDGE_ARRAYS})
+        out["client_edges_"] = self.client_edges_
+        out["server_edges_"] = self.server_edges_
+        return out
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], **params: Any) -> Self:
+        """A baseline with ``params`` (as for ``__init__``) and the learned ``state``."""
+        b = cls(**params)
+        n = int(state["n"])
+        b._allocate(max(n, 1))
+        for name in EDGE_ARRAYS:
+            getattr(b, name)[:n] = state[name]
+        b.client_edges_ = np.array(state["client_edges_"], dtype=np.int32)
+        b.server_edges_ = np.array(state["server_edges_"], dtype=np.int32)
+        b.n_ = n
+        b.rows_ = {int(k): i for i, k in enumerate(b.keys_[:n].tolist())}
+        b.frozen_ = bool(state["frozen"])
+        b.refused_ = int(state["refused"])
+        b.saturated_ = {int(k): int(v) for k, v in state["saturated"]}
+        return b
+
     # -- lookup --------------------------------------------------------------------------
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """Row per key, -1 where the edge is not in the baseline (keys should be few/distinct)."""
+        if not self.n_:
+            return np.full(len(keys), -1, dtype=np.int64)
         get = self.rows_.get
         return np.fromiter((get(int(k), -1) for k in keys), dtype=np.int64, count=len(keys))
 
@@ -147,6 +218,7 @@ class EdgeBaseline:
         """Learn accepted audit-phase flows (one entry per flow)."""
         if self.frozen_ or not len(keys):
             return self
+        self._allocate()
         uniq, inv = np.unique(keys, return_inverse=True)
         rows = self.lookup(uniq)
         missing = np.flatnonzero(rows < 0)
@@ -175,10 +247,12 @@ class EdgeBaseline:
             or self.server_edges_[server] >= cap
         ):
             self.refused_ += 1
+            saturated = self.saturated_
+            assert isinstance(saturated, dict)  # allocated by _allocate
             for wid, full in ((client, self.client_edges_[client] >= cap),
                               (server, self.server_edges_[server] >= cap)):
                 if full or self.n_ >= self.max_edges:
-                    self.saturated_[wid] = self.saturated_.get(wid, 0) + 1
+                    saturated[wid] = saturated.get(wid, 0) + 1
             return -1
         row = self.n_
         self._grow(row + 1)
@@ -257,6 +331,7 @@ class EdgeBaseline:
         """End of audit: close open hours, compute per-edge volume thresholds, stop learning."""
         if self.frozen_:
             return self
+        self._allocate()
         n = self.n_
         open_rows = np.flatnonzero(self.cur_hour_[:n] >= 0)
         self._hist_add(open_rows, self.cur_bytes_[open_rows])
@@ -308,30 +383,6 @@ class EdgeBaseline:
         self._update_hours(rows, start, nbytes, learn=False)
         return order[over], cum[over]
 
-    # -- artifacts -----------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        """Plain parameters and learned arrays (lists), for JSON/npz artifacts."""
-        n = self.n_
-        return {
-            "params": {
-                "max_edges": self.max_edges,
-                "max_edges_per_workload": self.max_edges_per_workload,
-                "volume_min_bytes": self.volume_min_bytes,
-                "volume_mad_k": self.volume_mad_k,
-                "volume_peak_factor": self.volume_peak_factor,
-            },
-            "frozen": self.frozen_,
-            "keys": self.keys_[:n].tolist(),
-            "first_seen": self.first_seen_[:n].tolist(),
-            "last_seen": self.last_seen_[:n].tolist(),
-            "flows": self.flows_[:n].tolist(),
-            "bytes": self.bytes_[:n].tolist(),
-            "packets": self.packets_[:n].tolist(),
-            "hour_mask": self.hour_mask_[:n].tolist(),
-            "days": self.days_[:n].tolist(),
-            "threshold": [None if not np.isfinite(x) else float(x) for x in self.threshold_[:n]],
-        }
 
-
-__all__ = ["DAY", "HOUR", "EdgeBaseline", "dilate24", "edge_keys", "popcount24",
+__all__ = ["DAY", "EDGE_ARRAYS", "HOUR", "EdgeBaseline", "dilate24", "edge_keys", "popcount24",
            "unpack_keys"]

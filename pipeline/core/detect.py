@@ -14,13 +14,18 @@ id, higher ``version``) instead of a second event that would undercount.
 Bounded: at most ``max_open`` open and ``max_open`` recently closed windows; past it the
 oldest windows are closed early (a later event with the same id and a higher ``version``
 supersedes them).
+
+Estimator-like: ``__init__`` only stores parameters; the windows (``open_``, ``recent_``,
+``targets_``, ``watermark_``) are learned attributes, given as plain JSON values by
+:meth:`ViolationWindows.state` and restored by :meth:`ViolationWindows.from_state`.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -57,6 +62,15 @@ class Agg:
     def key(self) -> tuple[int, int, int, int, int, float]:
         return (_TYPE_CODE[self.type], self.client, self.server, self.port, self.proto, self.window)
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values (shared, not copied); ``Agg(**a.to_dict()) == a``."""
+        return {
+            "type": self.type, "client": self.client, "server": self.server, "port": self.port,
+            "proto": self.proto, "window": self.window, "count": self.count, "first": self.first,
+            "last": self.last, "bytes": self.bytes, "rejected": self.rejected,
+            "client_ips": self.client_ips, "server_ips": self.server_ips, "extra": self.extra,
+        }
+
 
 @dataclass(slots=True)
 class Candidates:
@@ -83,6 +97,16 @@ def _add_sample(target: list[str], value: str) -> None:
 class ViolationWindows:
     """Open violation windows keyed by (type, client, server, port, proto, window start)."""
 
+    # learned scalars readable before the first batch
+    watermark_: float = float("-inf")  # event time minus lateness, never backwards
+    forced_closes_: int = 0  # times the max_open bound closed windows early
+    reopened_: int = 0  # closed windows reopened by late flows
+    # allocated at first use
+    open_: dict[tuple[int, int, int, int, int, float], Agg]
+    recent_: OrderedDict[tuple[int, int, int, int, int, float], Agg]  # closed, reopenable
+    targets_: dict[tuple[int, float], set[tuple[int, int, int]]]  # (client, window) → new
+    _pending_forced: list[Agg]  # closed by the bound, not taken yet (empty between batches)
+
     def __init__(
         self,
         *,
@@ -95,19 +119,48 @@ class ViolationWindows:
         self.lateness = lateness
         self.scan_threshold = scan_threshold
         self.max_open = max_open
-        self.open: dict[tuple[int, int, int, int, int, float], Agg] = {}
-        self.targets: dict[tuple[int, float], set[tuple[int, int, int]]] = {}
-        self.watermark = float("-inf")
-        self.forced_closes = 0
-        self.reopened = 0
-        self.recent: OrderedDict[tuple[int, int, int, int, int, float], Agg] = OrderedDict()
-        self._pending_forced: list[Agg] = []
+
+    def _allocate(self) -> None:
+        if hasattr(self, "open_"):
+            return
+        self.open_ = {}
+        self.recent_ = OrderedDict()
+        self.targets_ = {}
+        self._pending_forced = []
+
+    def state(self) -> dict[str, Any]:
+        """Open and recently closed windows, scan targets and the watermark (JSON values)."""
+        self._allocate()
+        return {
+            "watermark": self.watermark_ if np.isfinite(self.watermark_) else None,
+            "open": [a.to_dict() for a in self.open_.values()],
+            "recent": [a.to_dict() for a in self.recent_.values()],
+            "targets": [[k[0], k[1], sorted(v)] for k, v in self.targets_.items()],
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], **params: Any) -> Self:
+        """Windows with ``params`` (as for ``__init__``) and the learned ``state``."""
+        w = cls(**params)
+        w._allocate()
+        wm = state["watermark"]
+        w.watermark_ = float("-inf") if wm is None else float(wm)
+        for d in state["open"]:
+            a = Agg(**d)
+            w.open_[a.key()] = a
+        for d in state.get("recent", []):
+            a = Agg(**d)
+            w.recent_[a.key()] = a
+        for client, window, targets in state["targets"]:
+            w.targets_[(int(client), float(window))] = {tuple(t) for t in targets}
+        return w
 
     def add(self, c: Candidates) -> None:
         """Merge one batch of candidates."""
         n = len(c.start)
         if n == 0:
             return
+        self._allocate()
         win = np.floor(c.start / self.window) * self.window
         stacked = np.stack(
             [c.type_code, c.client, c.server, c.port, c.proto, win.astype(np.int64)], axis=1
@@ -127,14 +180,14 @@ class ViolationWindows:
         for gi in range(g):
             t, cl, sv, port, proto, w = (int(x) for x in groups[gi])
             key = (t, cl, sv, port, proto, float(w))
-            agg = self.open.get(key)
+            agg = self.open_.get(key)
             if agg is None:
-                agg = self.recent.pop(key, None)
+                agg = self.recent_.pop(key, None)
                 if agg is not None:
-                    self.reopened += 1
+                    self.reopened_ += 1
                 else:
                     agg = Agg(TYPES[t], cl, sv, port, proto, float(w))
-                self.open[key] = agg
+                self.open_[key] = agg
             agg.count += int(count[gi])
             agg.bytes += int(nbytes[gi])
             agg.rejected += int(rejected[gi])
@@ -156,33 +209,36 @@ class ViolationWindows:
                         agg.extra[k] = max(old, v) if numeric else v
             if TYPES[t] in (NEW_EDGE, NEW_PORT):
                 tk = (cl, float(w))
-                tset = self.targets.setdefault(tk, set())
+                tset = self.targets_.setdefault(tk, set())
                 if len(tset) < _TARGETS_MAX:
                     tset.add((sv, port, proto))
-        if len(self.open) > self.max_open:
+        if len(self.open_) > self.max_open:
             self._force_close()
 
     def advance(self, max_event_time: float) -> None:
         """Move the event-time watermark (never backwards)."""
-        self.watermark = max(self.watermark, max_event_time - self.lateness)
+        self.watermark_ = max(self.watermark_, max_event_time - self.lateness)
 
     def close(self, *, everything: bool = False) -> list[Agg]:
         """Close windows that ended before the watermark (or all); scan-fold; return them."""
-        limit = float("inf") if everything else self.watermark - self.window
-        done = [k for k in self.open if k[5] <= limit]
+        self._allocate()
+        limit = float("inf") if everything else self.watermark_ - self.window
+        done = [k for k in self.open_ if k[5] <= limit]
         return self._emit(done, limit)
 
     def _force_close(self) -> None:
-        self.forced_closes += 1
-        windows = sorted({k[5] for k in self.open})
+        self.forced_closes_ += 1
+        windows = sorted({k[5] for k in self.open_})
         done: list[tuple[int, int, int, int, int, float]] = []
         for w in windows:
-            done.extend(k for k in self.open if k[5] == w)
-            if len(self.open) - len(done) <= self.max_open // 2:
+            done.extend(k for k in self.open_ if k[5] == w)
+            if len(self.open_) - len(done) <= self.max_open // 2:
                 break
         self._pending_forced.extend(self._emit(done, max(k[5] for k in done)))
 
     def take_forced(self) -> list[Agg]:
+        """Windows the ``max_open`` bound closed early since the last call."""
+        self._allocate()
         out, self._pending_forced = self._pending_forced, []
         return out
 
@@ -192,16 +248,16 @@ class ViolationWindows:
         def stable(k: tuple[int, int, int, int, int, float]) -> tuple[Any, ...]:
             # event-time and address order, never process-local workload ids, so every process
             # folds scans and emits events in the same order
-            a = self.open[k]
+            a = self.open_[k]
             return (k[5], k[0], a.first, k[3], k[4], a.server_ips[:1], a.client_ips[:1], a.last)
 
         for k in sorted(keys, key=stable):
-            agg = self.open.pop(k)
-            self.recent[k] = agg
-            if len(self.recent) > self.max_open:
-                self.recent.popitem(last=False)
+            agg = self.open_.pop(k)
+            self.recent_[k] = agg
+            if len(self.recent_) > self.max_open:
+                self.recent_.popitem(last=False)
             tk = (agg.client, agg.window)
-            targets = self.targets.get(tk)
+            targets = self.targets_.get(tk)
             if agg.type in (NEW_EDGE, NEW_PORT) and targets and len(targets) >= self.scan_threshold:
                 s = scans.get(tk)
                 if s is None:
@@ -225,15 +281,15 @@ class ViolationWindows:
                     servers.append(agg.server)
                 continue
             out.append(agg)
-        for tk in [tk for tk in self.targets if tk[1] <= limit]:
-            del self.targets[tk]
+        for tk in [tk for tk in self.targets_ if tk[1] <= limit]:
+            del self.targets_[tk]
         for s in scans.values():
             s.extra["ports"] = sorted(s.extra["ports"])
             out.append(s)
         return out
 
     def __len__(self) -> int:
-        return len(self.open)
+        return len(self.open_) if hasattr(self, "open_") else 0
 
 
 __all__ = [

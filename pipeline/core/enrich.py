@@ -11,7 +11,9 @@ therefore never become edges.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Self
 
 import numpy as np
 import orjson
@@ -89,10 +91,29 @@ def _np(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 
 class Orienter:
-    """Service-side inference with a bounded memory of listeners confirmed by pure SYNs."""
+    """Service-side inference with a bounded memory of listeners confirmed by pure SYNs.
 
-    def __init__(self) -> None:
-        self.listeners: set[tuple[int, int]] = set()
+    No parameters; the learned ``listeners_`` ((address, port) pairs) exist from the first
+    :meth:`orient` on; :meth:`state`/:meth:`from_state` give them as numpy arrays."""
+
+    listeners_: set[tuple[int, int]]
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The listeners, sorted, as 128-bit addresses split in two uint64 plus ports."""
+        listeners = sorted(getattr(self, "listeners_", ()))
+        return {
+            "hi": np.array([a >> 64 for a, _ in listeners], dtype=np.uint64),
+            "lo": np.array([a & ((1 << 64) - 1) for a, _ in listeners], dtype=np.uint64),
+            "port": np.array([port for _, port in listeners], dtype=np.int32),
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, np.ndarray]) -> Self:
+        """An orienter with the listeners from :meth:`state`."""
+        o = cls()
+        o.listeners_ = {((int(h) << 64) | int(low), int(pt)) for h, low, pt in
+                        zip(state["hi"], state["lo"], state["port"], strict=True)}
+        return o
 
     def orient(
         self,
@@ -104,6 +125,8 @@ class Orienter:
         addrs: list[int],
     ) -> np.ndarray:
         """True where the *source* is the server (the record must be swapped)."""
+        if not hasattr(self, "listeners_"):
+            self.listeners_ = set()
         n = len(src_port)
         decided = np.zeros(n, dtype=bool)
         swap = np.zeros(n, dtype=bool)
@@ -123,7 +146,7 @@ class Orienter:
         src_priv = (src_port > 0) & (src_port < 1024)
         dst_priv = (dst_port > 0) & (dst_port < 1024)
         decide(src_priv ^ dst_priv, src_priv)
-        if self.listeners and not decided.all():
+        if self.listeners_ and not decided.all():
             open_rows = np.flatnonzero(~decided)
             src_l, dst_l = self._listening(src_addr[open_rows], src_port[open_rows],
                                            dst_addr[open_rows], dst_port[open_rows], addrs)
@@ -141,10 +164,10 @@ class Orienter:
     def _learn(self, addr_idx: np.ndarray, ports: np.ndarray, addrs: list[int]) -> None:
         if not len(addr_idx):
             return
-        if len(self.listeners) > _LISTENERS_MAX:
-            self.listeners.clear()
+        if len(self.listeners_) > _LISTENERS_MAX:
+            self.listeners_.clear()
         pairs = np.unique(addr_idx.astype(np.int64) * 65536 + ports)
-        self.listeners.update((addrs[int(a) // 65536], int(a) % 65536) for a in pairs)
+        self.listeners_.update((addrs[int(a) // 65536], int(a) % 65536) for a in pairs)
 
     def _listening(
         self,
@@ -159,7 +182,7 @@ class Orienter:
             combo = a_idx.astype(np.int64) * 65536 + ports
             uniq, inv = np.unique(combo, return_inverse=True)
             hit = np.fromiter(
-                ((addrs[int(u) // 65536], int(u) % 65536) in self.listeners for u in uniq),
+                ((addrs[int(u) // 65536], int(u) % 65536) in self.listeners_ for u in uniq),
                 dtype=bool,
                 count=len(uniq),
             )

@@ -8,13 +8,20 @@ Timestamps are RFC 3339 UTC with milliseconds.
 from __future__ import annotations
 
 import hashlib
+import math
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from pipeline.core.detect import NEW_EDGE, NEW_PORT, SCAN, VOLUME, Agg
+from pipeline.core.enrich import SERVICE_PORTS
 from pipeline.core.intents import CandidateRule, Peer
+from pipeline.core.workloads import WORLD, Workloads
 
 SCHEMA_VERSION = 1
 PROTO_LABELS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp", 47: "gre", 50: "esp"}
+DATA_PORTS = frozenset({1433, 1521, 3306, 5432, 5984, 6379, 7000, 9042, 9200, 11211, 27017})
+ADMIN_PORTS = frozenset({22, 23, 135, 445, 3389, 5900, 5985, 5986})
 
 
 def iso(t: float) -> str:
@@ -90,8 +97,173 @@ def rule_event(rule: CandidateRule, version: int) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class KnownTraffic:
+    """What the frozen baseline says about a violation's edge, for its ``expected`` evidence:
+    the ports each (client wid << 19 | server wid) pair used during the audit, and each
+    service's (server wid, port, proto) first known clients by workload key."""
+
+    pair_ports: dict[int, list[int]] = field(default_factory=dict)
+    service_clients: dict[tuple[int, int, int], list[str]] = field(default_factory=dict)
+
+
+def violation_event(a: Agg, workloads: Workloads, known: KnownTraffic, *,
+                    scan_threshold: int, suppress_window: float) -> dict[str, Any]:
+    """The violation event for one closed window ``a`` (wids resolved through
+    ``workloads``); ``scan_threshold`` and ``suppress_window`` are quoted in the evidence."""
+    infos = workloads.infos
+    ci = infos[a.client]
+    si = infos[a.server] if a.server >= 0 else None
+    if a.type == SCAN:
+        servers = sorted(infos[s].key for s in a.extra.get("servers", []))
+        dst_key = servers[0] if len(servers) == 1 else "multiple"
+        dst_ns = si.namespace if si else (infos[a.extra["servers"][0]].namespace
+                                          if len(servers) == 1 else "")
+        dst_app = infos[a.extra["servers"][0]].app if len(servers) == 1 else "multiple"
+    else:
+        assert si is not None
+        dst_key, dst_ns, dst_app = si.key, si.namespace, si.app
+    evidence, reason, score = _explain(a, ci.key, dst_key, workloads, known,
+                                       scan_threshold=scan_threshold,
+                                       suppress_window=suppress_window)
+    vid = stable_id("v", a.type, ci.key, dst_key, a.port, a.proto, int(a.window))
+    return {
+        "schema_version": 1,
+        "id": vid,
+        "ts": iso(a.window),
+        "type": a.type,
+        "severity": {"label": severity_label(score), "score": score},
+        "src_ip": a.client_ips[0] if a.client_ips else "",
+        "dst_ip": a.server_ips[0] if a.server_ips else "",
+        "dst_port": a.port,
+        "proto": a.proto,
+        "proto_name": proto_name(a.proto),
+        "src_workload": ci.key,
+        "src_namespace": ci.namespace,
+        "src_app": ci.app,
+        "dst_workload": dst_key,
+        "dst_namespace": dst_ns,
+        "dst_app": dst_app,
+        "mode": "enforce",
+        "reason": reason,
+        "evidence": evidence,
+        "count": a.count,
+        "first_seen": iso(a.first),
+        "last_seen": iso(a.last),
+        "detector": "edge_baseline",
+        "version": int(a.last * 1000) * 1000 + min(a.count, 999),
+    }
+
+
+def _explain(a: Agg, src: str, dst: str, workloads: Workloads, known: KnownTraffic, *,
+             scan_threshold: int, suppress_window: float) -> tuple[dict[str, Any], str, int]:
+    """(evidence, reason, score 0–100) of one violation window."""
+    seen: dict[str, Any] = {
+        "flows": a.count,
+        "bytes": a.bytes,
+        "rejected_flows": a.rejected,
+        "src_ips": a.client_ips,
+        "dst_ips": a.server_ips,
+    }
+    port = f"{proto_name(a.proto)}/{a.port}"
+    outside = a.client == WORLD or workloads.infos[a.client].kind == "unknown"
+    blocked = a.rejected == a.count
+    if a.type == NEW_EDGE:
+        expected: dict[str, Any] = {"known_clients_of_service": list(
+            known.service_clients.get((a.server, a.port, a.proto), []))}
+        score = 60 + (15 if a.port in DATA_PORTS or a.port in ADMIN_PORTS else 0)
+        score += 10 if outside else 0
+        reason = f"{src} connected to {dst} on {port}, an edge never seen during the audit."
+    elif a.type == NEW_PORT:
+        ports = known.pair_ports.get((a.client << 19) | a.server, [])
+        expected = {"known_ports": ports}
+        score = 50 + (15 if a.port not in SERVICE_PORTS else 0)
+        score += 10 if a.port in ADMIN_PORTS else 0
+        reason = (f"{src} reached {dst} on {port}; during the audit it only used "
+                  f"{', '.join(map(str, ports[:6])) or 'other ports'}.")
+    elif a.type == SCAN:
+        targets = int(a.extra.get("targets", 0))
+        ports_seen = a.extra.get("ports", [])
+        seen["distinct_targets"] = targets
+        seen["ports"] = ports_seen[:32]
+        seen["dst_workloads"] = sorted(workloads.infos[s].key
+                                       for s in a.extra.get("servers", []))[:16]
+        expected = {"max_new_targets_per_window": scan_threshold}
+        score = min(95, 70 + targets // 20)
+        reason = (f"{src} tried {targets} new destination/port pairs within "
+                  f"{int(suppress_window // 60)} min (port scan or sweep).")
+    elif a.type == VOLUME:
+        hb = float(a.extra.get("hour_bytes", a.bytes))
+        thr = float(a.extra.get("threshold_bytes", 0.0))
+        med = float(a.extra.get("median_hour_bytes", 0.0))
+        ratio = hb / med if med > 0 else math.inf
+        seen["hour_bytes"] = int(hb)
+        expected = {"threshold_bytes_per_hour": int(thr), "median_bytes_per_hour": int(med)}
+        score = int(min(95, 60 + 10 * math.log10(max(ratio, 1.0))))
+        reason = (f"{src} sent {human_bytes(hb)} to {dst} on {port} within an hour, "
+                  f"~{ratio:.0f}x its usual hourly volume.")
+    else:  # OFF_HOURS
+        hours = a.extra.get("usual_hours", [])
+        seen["hour_utc"] = a.extra.get("hour")
+        expected = {"usual_hours_utc": hours}
+        score = 55 + (10 if a.port in DATA_PORTS or a.port in ADMIN_PORTS else 0)
+        reason = (f"{src} used its edge to {dst} on {port} at {a.extra.get('hour')}:00 UTC; "
+                  f"during the audit it was only active at hours {hour_ranges(hours)} UTC.")
+    if blocked and a.type != SCAN:
+        score -= 20
+        reason += " All attempts were rejected."
+    return {"expected": expected, "seen": seen}, reason, max(0, min(100, score))
+
+
+def hours_of(mask: int) -> list[int]:
+    """UTC hours set in a 24-bit hour-of-day mask.
+
+    >>> hours_of(0b1011)
+    [0, 1, 3]
+    """
+    return [h for h in range(24) if mask >> h & 1]
+
+
+def hour_ranges(hours: list[int]) -> str:
+    """Sorted hours as ranges.
+
+    >>> hour_ranges([0, 1, 2, 9, 14, 15])
+    '00-02, 09, 14-15'
+    """
+    if not hours:
+        return "none"
+    out, start, prev = [], hours[0], hours[0]
+    for h in [*hours[1:], None]:
+        if h is not None and h == prev + 1:
+            prev = h
+            continue
+        out.append(f"{start:02d}" if start == prev else f"{start:02d}-{prev:02d}")
+        if h is not None:
+            start = prev = h
+    return ", ".join(out)
+
+
+def human_bytes(n: float) -> str:
+    """Decimal units, no decimals.
+
+    >>> human_bytes(1_500_000)
+    '2 MB'
+    """
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}"
+        n /= 1000
+    return f"{n:.0f} PB"
+
+
 __all__ = [
+    "ADMIN_PORTS",
+    "DATA_PORTS",
     "SCHEMA_VERSION",
+    "KnownTraffic",
+    "hour_ranges",
+    "hours_of",
+    "human_bytes",
     "iso",
     "peer_dict",
     "peer_text",
@@ -99,4 +271,5 @@ __all__ = [
     "rule_event",
     "severity_label",
     "stable_id",
+    "violation_event",
 ]

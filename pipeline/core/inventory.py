@@ -157,6 +157,12 @@ class Inventory:
         self._prefixes = sorted(self._by_prefix, reverse=True)
         self._timelines.clear()
 
+    def use_workloads(self, workloads: Workloads) -> None:
+        """Intern into ``workloads`` from now on (e.g. a registry restored from a snapshot,
+        so that wids match it); every entry is interned again."""
+        self.workloads = workloads
+        self.update(())
+
     def workload_cidrs(self) -> dict[int, list[str]]:
         """Address blocks of non-pod workloads (VMs, external systems), by wid."""
         out: dict[int, set[str]] = {}

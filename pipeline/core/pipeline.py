@@ -9,11 +9,10 @@ the event-time watermark, never on the wall clock.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import pyarrow as pa
@@ -31,22 +30,19 @@ from pipeline.core.detect import (
     NEW_EDGE,
     NEW_PORT,
     OFF_HOURS,
-    SCAN,
     TYPES,
     VOLUME,
     Agg,
     Candidates,
     ViolationWindows,
 )
-from pipeline.core.enrich import SERVICE_PORTS, Enriched, Orienter, enrich
-from pipeline.core.events import iso, proto_name, rule_event, severity_label, stable_id
+from pipeline.core.enrich import Enriched, Orienter, enrich
+from pipeline.core.events import KnownTraffic, hours_of, rule_event, violation_event
 from pipeline.core.inventory import DEFAULT_INTERNAL_CIDRS, Inventory
 from pipeline.core.records import EDGE_MINUTE
 from pipeline.core.rules import derive_rules
-from pipeline.core.workloads import WORLD
+from pipeline.core.workloads import WORLD, Workloads
 
-DATA_PORTS = frozenset({1433, 1521, 3306, 5432, 5984, 6379, 7000, 9042, 9200, 11211, 27017})
-ADMIN_PORTS = frozenset({22, 23, 135, 445, 3389, 5900, 5985, 5986})
 _TYPE_CODE = {t: i for i, t in enumerate(TYPES)}
 SERVICE_CLIENTS_MAX = 8  # known_clients_of_service: the first clients by workload key
 
@@ -93,36 +89,61 @@ class BatchOutput:
     late_audit_flows: int = 0
 
 
+def _baseline_params(s: CoreSettings) -> dict[str, Any]:
+    return {"max_edges": s.max_edges, "max_edges_per_workload": s.max_edges_per_workload,
+            "volume_min_bytes": s.volume_min_bytes}
+
+
+def _windows_params(s: CoreSettings) -> dict[str, Any]:
+    return {"window": s.suppress_window, "lateness": s.lateness,
+            "scan_threshold": s.scan_threshold, "max_open": s.max_open_violations}
+
+
 class Pipeline:
-    """Stateful core for one stream of flows (one replay, or one worker's partitions)."""
+    """Stateful core for one stream of flows (one replay, or one worker's partitions).
+
+    Its parts (:class:`EdgeBaseline`, :class:`ViolationWindows`, :class:`Orienter`, the
+    inventory's :class:`Workloads`) each own their learned state; :meth:`state` composes
+    theirs and :meth:`from_state` restores it. Drive it with :meth:`process` per batch,
+    :meth:`advance` when event time moves without flows, and :meth:`flush` at the end."""
 
     def __init__(self, settings: CoreSettings, inventory: Inventory) -> None:
         self.settings = settings
         self.inventory = inventory
-        self.workloads = inventory.workloads
         self.orienter = Orienter()
-        self.baseline = EdgeBaseline(
-            max_edges=settings.max_edges,
-            max_edges_per_workload=settings.max_edges_per_workload,
-            volume_min_bytes=settings.volume_min_bytes,
-        )
-        self.windows = ViolationWindows(
-            window=settings.suppress_window,
-            lateness=settings.lateness,
-            scan_threshold=settings.scan_threshold,
-            max_open=settings.max_open_violations,
-        )
-        self.audit_start: float | None = settings.audit_start
-        self.rules_emitted = False
-        self._pair_ports: dict[int, list[int]] = {}
-        self._service_clients: dict[tuple[int, int, int], list[str]] = {}  # → client keys
+        self.baseline = EdgeBaseline(**_baseline_params(settings))
+        self.windows = ViolationWindows(**_windows_params(settings))
         self.counts: dict[str, int] = defaultdict(int)
+        self._audit_start: float | None = settings.audit_start
+        self._rules_emitted = False
+        self._known = KnownTraffic()
+
+    @property
+    def workloads(self) -> Workloads:
+        """The workload registry (the inventory's): wid → names."""
+        return self.inventory.workloads
+
+    @property
+    def audit_start(self) -> float | None:
+        """Event time the audit starts (settings, :meth:`start_audit` or the first flow)."""
+        return self._audit_start
 
     @property
     def audit_end(self) -> float | None:
-        if self.audit_start is None:
+        if self._audit_start is None:
             return None
-        return self.audit_start + self.settings.audit_days * DAY
+        return self._audit_start + self.settings.audit_days * DAY
+
+    @property
+    def audit_ended(self) -> bool:
+        """The baseline is frozen: flows are scored, no longer learned."""
+        return self.baseline.frozen_
+
+    def start_audit(self, t: float) -> None:
+        """Fix the audit start at ``t`` unless it is already known (from the settings, an
+        earlier call, a snapshot or a first flow)."""
+        if self._audit_start is None:
+            self._audit_start = float(t)
 
     # -- the batch path ------------------------------------------------------------------
     def process(self, flows: pa.Table, *, source_id: str = "", block: int = 0,
@@ -136,8 +157,7 @@ class Pipeline:
         if flows.num_rows == 0:
             return out
         e = enrich(flows, self.inventory, self.orienter)
-        if self.audit_start is None:
-            self.audit_start = float(e.start.min())
+        self.start_audit(float(e.start.min()))
         audit_end = self.audit_end
         assert audit_end is not None
         keys = edge_keys(e.client_wid, e.server_wid, e.service_port, e.proto)
@@ -153,70 +173,95 @@ class Pipeline:
                                           e.packets[learn])
         violating = np.zeros(len(e), dtype=bool)
         if out.enforce_flows:
-            if not self.baseline.frozen_:
-                out.rules.extend(self._end_audit())
+            out.rules.extend(self.end_audit())
             violating = self._score(e, keys, ~in_audit)
         out.edge_minutes = self._aggregate(e, keys, in_audit, violating, source_id, block, version)
         newest = float(e.start.max())
         self.windows.advance(newest if watermark is None else min(newest, watermark))
-        out.violations.extend(self._events(self.windows.take_forced()))
-        out.violations.extend(self._events(self.windows.close()))
+        out.violations.extend(self.drain_events())
         for k in ("flows", "audit_flows", "enforce_flows", "late_audit_flows"):
             self.counts[k] += getattr(out, k)
-        self.counts["violations"] += len(out.violations)
         return out
+
+    def advance(self, t: float) -> BatchOutput:
+        """Move event time to ``t`` without flows: end the audit once ``t`` passes its end and
+        close the violation windows behind the watermark — what :meth:`process` does after a
+        batch whose newest flow starts at ``t`` (streaming: a partition's watermark moved)."""
+        out = BatchOutput()
+        end = self.audit_end
+        if end is not None and t >= end:
+            out.rules.extend(self.end_audit())
+        self.windows.advance(t)
+        out.violations.extend(self.drain_events())
+        return out
+
+    def drain_events(self) -> list[dict[str, Any]]:
+        """Violation events of the windows that are done: closed early by the bound on open
+        windows, then those that ended before the watermark (each returned once)."""
+        events = self._events(self.windows.take_forced())
+        events.extend(self._events(self.windows.close()))
+        self.counts["violations"] += len(events)
+        return events
 
     def flush(self) -> BatchOutput:
         """End of input: close every open window; emit rules if the audit never ended."""
         out = BatchOutput()
-        if not self.rules_emitted and self.audit_start is not None:
+        if not self._rules_emitted and self._audit_start is not None:
             out.rules.extend(self._rule_events(final=False))
         out.violations.extend(self._events(self.windows.close(everything=True)))
         self.counts["violations"] += len(out.violations)
         return out
 
     # -- audit end -----------------------------------------------------------------------
-    def _end_audit(self) -> list[dict[str, Any]]:
+    def end_audit(self) -> list[dict[str, Any]]:
+        """End the audit now (freeze the baseline) and return the candidate-rule events;
+        nothing if it has ended already."""
+        if self.baseline.frozen_:
+            return []
         self.baseline.freeze()
-        self.rebuild_lookups()
+        self._known = self._known_traffic()
         return self._rule_events(final=True)
 
-    def rebuild_lookups(self) -> None:
+    def _known_traffic(self) -> KnownTraffic:
         """Evidence lookups over the frozen baseline: known ports per pair, and per service
         its first :data:`SERVICE_CLIENTS_MAX` clients by workload key (a property of the data,
         not of learning order or process-local ids, so partitions' lists can be merged)."""
         n = len(self.baseline)
+        if not n:
+            return KnownTraffic()
         client, server, port, proto = unpack_keys(self.baseline.keys_[:n])
         pairs: dict[int, set[int]] = defaultdict(set)
         for c, s, p in zip(client.tolist(), server.tolist(), port.tolist(), strict=True):
             pairs[(c << 19) | s].add(p)
-        self._pair_ports = {k: sorted(v) for k, v in pairs.items()}
         names = self.workloads.keys()[client].astype(str)
         order = np.lexsort((names, proto, port, server))
         svc = np.stack([server, port, proto], axis=1)[order]
-        head = np.r_[True, (svc[1:] != svc[:-1]).any(axis=1)] if n else np.zeros(0, bool)
+        head = np.r_[True, (svc[1:] != svc[:-1]).any(axis=1)]
         starts = np.flatnonzero(head)
         rank = np.arange(n) - starts[np.cumsum(head) - 1]
         keep = rank < SERVICE_CLIENTS_MAX
         kept_names = names[order][keep].tolist()
         sizes = np.minimum(np.diff(np.r_[starts, n]), SERVICE_CLIENTS_MAX)
         ends = np.cumsum(sizes)
-        self._service_clients = {
-            (int(s), int(p), int(pr)): kept_names[lo:hi]
-            for (s, p, pr), lo, hi in zip(svc[starts].tolist(), (ends - sizes).tolist(),
-                                          ends.tolist(), strict=True)}
+        return KnownTraffic(
+            pair_ports={k: sorted(v) for k, v in pairs.items()},
+            service_clients={
+                (int(s), int(p), int(pr)): kept_names[lo:hi]
+                for (s, p, pr), lo, hi in zip(svc[starts].tolist(), (ends - sizes).tolist(),
+                                              ends.tolist(), strict=True)})
 
     def service_clients(self) -> dict[tuple[str, int, int], list[str]]:
         """(server key, port, proto) → its first known clients by key (after the audit)."""
         infos = self.workloads.infos
-        return {(infos[s].key, p, pr): c for (s, p, pr), c in self._service_clients.items()}
+        return {(infos[s].key, p, pr): c for (s, p, pr), c in self._known.service_clients.items()}
 
     def _rule_events(self, *, final: bool) -> list[dict[str, Any]]:
         if final:
-            self.rules_emitted = True
+            self._rules_emitted = True
         rules = self.candidate_rules()
+        n = len(self.baseline)
         version = int((self.audit_end or 0) * 1000) if final else int(
-            float(self.baseline.last_seen_[: len(self.baseline)].max(initial=0)) * 1000)
+            float(self.baseline.last_seen_[:n].max(initial=0) if n else 0) * 1000)
         return [rule_event(r, version) for r in rules]
 
     def candidate_rules(self) -> list[Any]:
@@ -224,6 +269,38 @@ class Pipeline:
         return derive_rules(self.baseline, self.workloads, audit_days=self.settings.audit_days,
                             internal_cidrs=self.settings.internal_cidrs,
                             workload_cidrs=self.inventory.workload_cidrs())
+
+    # -- state ---------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """The learned state (not the settings or the inventory's entries): each part's
+        :meth:`state` plus the audit start and counters; numpy arrays and JSON values."""
+        return {
+            "audit_start": self._audit_start,
+            "rules_emitted": self._rules_emitted,
+            "counts": dict(self.counts),
+            "workloads": self.workloads.state(),
+            "baseline": self.baseline.state(),
+            "windows": self.windows.state(),
+            "listeners": self.orienter.state(),
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], settings: CoreSettings,
+                   inventory: Inventory) -> Self:
+        """A pipeline with ``settings`` and the learned ``state``; ``inventory`` is switched
+        to the snapshot's workload registry so that wids match it."""
+        inventory.use_workloads(Workloads.from_state(
+            state["workloads"], max_size=inventory.workloads.max_size))
+        p = cls(settings, inventory)
+        p._audit_start = state["audit_start"]
+        p._rules_emitted = bool(state["rules_emitted"])
+        p.counts.update(state["counts"])
+        p.baseline = EdgeBaseline.from_state(state["baseline"], **_baseline_params(settings))
+        p.windows = ViolationWindows.from_state(state["windows"], **_windows_params(settings))
+        p.orienter = Orienter.from_state(state["listeners"])
+        if p.baseline.frozen_:
+            p._known = p._known_traffic()
+        return p
 
     # -- scoring -------------------------------------------------------------------------
     def _score(self, e: Enriched, keys: np.ndarray, enforce: np.ndarray) -> np.ndarray:
@@ -242,7 +319,7 @@ class Pipeline:
             unknown &= ~noise
         if unknown.any():
             known_pair = np.fromiter(
-                (int(k >> 24) in self._pair_ports for k in uniq), dtype=bool, count=len(uniq)
+                (int(k >> 24) in self._known.pair_ports for k in uniq), dtype=bool, count=len(uniq)
             )[inv]
             u_idx = idx[unknown]
             codes = np.where(known_pair[unknown], _TYPE_CODE[NEW_PORT], _TYPE_CODE[NEW_EDGE])
@@ -268,7 +345,7 @@ class Pipeline:
             if off.any():
                 o_idx = k_idx[off]
                 extra: list[dict[str, Any] | None] = [
-                    {"hour": int(h), "usual_hours": _hours(int(m))}
+                    {"hour": int(h), "usual_hours": hours_of(int(m))}
                     for h, m in zip(hour[off], mask[off], strict=True)]
                 parts.append((o_idx, np.full(len(o_idx), _TYPE_CODE[OFF_HOURS]), extra))
                 violating[o_idx] = True
@@ -347,134 +424,11 @@ class Pipeline:
         }
         return EDGE_MINUTE.table_of(columns)
 
-    # -- events --------------------------------------------------------------------------
+    # -- events ------------------------------------------------------------------------
     def _events(self, aggs: Iterable[Agg]) -> list[dict[str, Any]]:
-        return [self._event(a) for a in aggs]
-
-    def _event(self, a: Agg) -> dict[str, Any]:
-        infos = self.workloads.infos
-        ci = infos[a.client]
-        si = infos[a.server] if a.server >= 0 else None
-        if a.type == SCAN:
-            servers = sorted(infos[s].key for s in a.extra.get("servers", []))
-            dst_key = servers[0] if len(servers) == 1 else "multiple"
-            dst_ns = si.namespace if si else (infos[a.extra["servers"][0]].namespace
-                                              if len(servers) == 1 else "")
-            dst_app = infos[a.extra["servers"][0]].app if len(servers) == 1 else "multiple"
-        else:
-            assert si is not None
-            dst_key, dst_ns, dst_app = si.key, si.namespace, si.app
-        evidence, reason, score = self._explain(a, ci.key, dst_key)
-        vid = stable_id("v", a.type, ci.key, dst_key, a.port, a.proto, int(a.window))
-        return {
-            "schema_version": 1,
-            "id": vid,
-            "ts": iso(a.window),
-            "type": a.type,
-            "severity": {"label": severity_label(score), "score": score},
-            "src_ip": a.client_ips[0] if a.client_ips else "",
-            "dst_ip": a.server_ips[0] if a.server_ips else "",
-            "dst_port": a.port,
-            "proto": a.proto,
-            "proto_name": proto_name(a.proto),
-            "src_workload": ci.key,
-            "src_namespace": ci.namespace,
-            "src_app": ci.app,
-            "dst_workload": dst_key,
-            "dst_namespace": dst_ns,
-            "dst_app": dst_app,
-            "mode": "enforce",
-            "reason": reason,
-            "evidence": evidence,
-            "count": a.count,
-            "first_seen": iso(a.first),
-            "last_seen": iso(a.last),
-            "detector": "edge_baseline",
-            "version": int(a.last * 1000) * 1000 + min(a.count, 999),
-        }
-
-    def _explain(self, a: Agg, src: str, dst: str) -> tuple[dict[str, Any], str, int]:
-        seen: dict[str, Any] = {
-            "flows": a.count,
-            "bytes": a.bytes,
-            "rejected_flows": a.rejected,
-            "src_ips": a.client_ips,
-            "dst_ips": a.server_ips,
-        }
-        port = f"{proto_name(a.proto)}/{a.port}"
-        outside = a.client == WORLD or self.workloads.infos[a.client].kind == "unknown"
-        blocked = a.rejected == a.count
-        if a.type == NEW_EDGE:
-            expected: dict[str, Any] = {"known_clients_of_service": list(
-                self._service_clients.get((a.server, a.port, a.proto), []))}
-            score = 60 + (15 if a.port in DATA_PORTS or a.port in ADMIN_PORTS else 0)
-            score += 10 if outside else 0
-            reason = f"{src} connected to {dst} on {port}, an edge never seen during the audit."
-        elif a.type == NEW_PORT:
-            ports = self._pair_ports.get((a.client << 19) | a.server, [])
-            expected = {"known_ports": ports}
-            score = 50 + (15 if a.port not in SERVICE_PORTS else 0)
-            score += 10 if a.port in ADMIN_PORTS else 0
-            reason = (f"{src} reached {dst} on {port}; during the audit it only used "
-                      f"{', '.join(map(str, ports[:6])) or 'other ports'}.")
-        elif a.type == SCAN:
-            targets = int(a.extra.get("targets", 0))
-            ports_seen = a.extra.get("ports", [])
-            seen["distinct_targets"] = targets
-            seen["ports"] = ports_seen[:32]
-            seen["dst_workloads"] = sorted(self.workloads.infos[s].key
-                                           for s in a.extra.get("servers", []))[:16]
-            expected = {"max_new_targets_per_window": self.settings.scan_threshold}
-            score = min(95, 70 + targets // 20)
-            reason = (f"{src} tried {targets} new destination/port pairs within "
-                      f"{int(self.settings.suppress_window // 60)} min (port scan or sweep).")
-        elif a.type == VOLUME:
-            hb = float(a.extra.get("hour_bytes", a.bytes))
-            thr = float(a.extra.get("threshold_bytes", 0.0))
-            med = float(a.extra.get("median_hour_bytes", 0.0))
-            ratio = hb / med if med > 0 else math.inf
-            seen["hour_bytes"] = int(hb)
-            expected = {"threshold_bytes_per_hour": int(thr), "median_bytes_per_hour": int(med)}
-            score = int(min(95, 60 + 10 * math.log10(max(ratio, 1.0))))
-            reason = (f"{src} sent {_human(hb)} to {dst} on {port} within an hour, "
-                      f"~{ratio:.0f}x its usual hourly volume.")
-        else:  # OFF_HOURS
-            hours = a.extra.get("usual_hours", [])
-            seen["hour_utc"] = a.extra.get("hour")
-            expected = {"usual_hours_utc": hours}
-            score = 55 + (10 if a.port in DATA_PORTS or a.port in ADMIN_PORTS else 0)
-            reason = (f"{src} used its edge to {dst} on {port} at {a.extra.get('hour')}:00 UTC; "
-                      f"during the audit it was only active at hours {_ranges(hours)} UTC.")
-        if blocked and a.type != SCAN:
-            score -= 20
-            reason += " All attempts were rejected."
-        return {"expected": expected, "seen": seen}, reason, max(0, min(100, score))
-
-
-def _hours(mask: int) -> list[int]:
-    return [h for h in range(24) if mask >> h & 1]
-
-
-def _ranges(hours: list[int]) -> str:
-    if not hours:
-        return "none"
-    out, start, prev = [], hours[0], hours[0]
-    for h in [*hours[1:], None]:
-        if h is not None and h == prev + 1:
-            prev = h
-            continue
-        out.append(f"{start:02d}" if start == prev else f"{start:02d}-{prev:02d}")
-        if h is not None:
-            start = prev = h
-    return ", ".join(out)
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000:
-            return f"{n:.0f} {unit}"
-        n /= 1000
-    return f"{n:.0f} PB"
+        st = self.settings
+        return [violation_event(a, self.workloads, self._known, scan_threshold=st.scan_threshold,
+                                suppress_window=st.suppress_window) for a in aggs]
 
 
 __all__ = ["EDGE_MINUTE_SCHEMA", "SERVICE_CLIENTS_MAX", "BatchOutput", "CoreSettings", "Pipeline"]

@@ -9,7 +9,9 @@ workload's *names*, never its wid.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Self
 
 import numpy as np
 
@@ -71,6 +73,21 @@ class Workloads:
         self.infos.append(info)
         self._index[k] = wid
         return wid
+
+    def state(self) -> list[list[Any]]:
+        """Every identity in wid order, as JSON values (the wids are the list positions)."""
+        return [[w.namespace, w.app, w.kind, w.env, w.service_account, [list(x) for x in w.labels]]
+                for w in self.infos]
+
+    @classmethod
+    def from_state(cls, state: Iterable[Sequence[Any]], *, max_size: int = MAX_WORKLOADS
+                   ) -> Self:
+        """A registry with the identities (and so the wids) of :meth:`state`."""
+        reg = cls(max_size=max_size, infos=[WorkloadInfo(
+            ns, app, kind, env, sa, tuple((str(k), str(v)) for k, v in labels))
+            for ns, app, kind, env, sa, labels in state])
+        reg._index.update(((w.namespace, w.app), wid) for wid, w in enumerate(reg.infos))
+        return reg
 
     def lookup(self, namespace: str, app: str) -> int | None:
         return self._index.get((namespace, app))

@@ -77,21 +77,6 @@ class Step:
     incomplete: int = 0  # new_edge events released beyond MAX_HELD_EVENTS, clients partial
 
 
-def advance_event_time(p: Pipeline, t: float) -> BatchOutput:
-    """Move ``p``'s event time to ``t`` without flows: end the audit once ``t`` passes its end,
-    close violation windows behind the watermark (exactly what :meth:`Pipeline.process`
-    does after a batch whose newest flow starts at ``t``)."""
-    out = BatchOutput()
-    end = p.audit_end
-    if end is not None and t >= end and not p.baseline.frozen_:
-        out.rules.extend(p._end_audit())
-    p.windows.advance(t)
-    out.violations.extend(p._events(p.windows.take_forced()))
-    out.violations.extend(p._events(p.windows.close()))
-    p.counts["violations"] += len(out.violations)
-    return out
-
-
 @dataclass
 class PartitionState:
     """One internal partition's pipeline and replay bookkeeping."""
@@ -115,7 +100,7 @@ class PartitionState:
         if offset <= self.offset:
             raise ValueError(f"message {offset} is not after {self.offset}")
         p = self.pipeline
-        frozen = p.baseline.frozen_
+        frozen = p.audit_ended
         step = Step(BatchOutput(), rows=batch.num_rows)
         flows = batch.flows
         if batch.num_rows:
@@ -132,8 +117,8 @@ class PartitionState:
         self._merge_progress(batch)
         t = self.watermark()
         if not frozen:
-            if p.audit_start is None and flows.num_rows:  # what the core would pick
-                p.audit_start = float(np.min(flows.column("start").to_numpy()))
+            if flows.num_rows:  # what the core would pick
+                p.start_audit(float(np.min(flows.column("start").to_numpy())))
             flows = self._hold(flows, t, step)
         if flows.num_rows:
             # windows advance no further than the watermark: a batch can run ahead of
@@ -142,14 +127,14 @@ class PartitionState:
                                     version=flows.num_rows,
                                     watermark=float("-inf") if t is None else t)
         end = p.audit_end
-        due = end is not None and t is not None and t >= end and not p.baseline.frozen_
+        due = end is not None and t is not None and t >= end and not p.audit_ended
         if t is not None and (t > self.event_time or due):
             self.event_time = max(self.event_time, t)
-            more = advance_event_time(p, self.event_time)
+            more = p.advance(self.event_time)
             step.output.violations.extend(more.violations)
             step.output.rules.extend(more.rules)
         self.offset = offset
-        step.audit_ended = p.baseline.frozen_ and not frozen
+        step.audit_ended = p.audit_ended and not frozen
         step.output.violations = self._complete(step.output.violations, step)
         return step
 
@@ -227,7 +212,7 @@ class PartitionState:
         if start is None or start == p.audit_start:
             return
         if p.audit_start is None:
-            p.audit_start = start
+            p.start_audit(start)
             log.info("partition %d: audit starts at %s", self.partition, iso(start))
         elif start not in self._reported:
             self._reported.add(start)
@@ -314,5 +299,4 @@ def _from_ipc(data: bytes) -> list[pa.Table]:
     return [table]
 
 
-__all__ = ["MAX_DEFERRED_ROWS", "MAX_HELD_EVENTS", "PartitionState", "Step",
-           "advance_event_time"]
+__all__ = ["MAX_DEFERRED_ROWS", "MAX_HELD_EVENTS", "PartitionState", "Step"]

@@ -212,7 +212,7 @@ class StatefulStage:
             log.info("partition %d: restored its snapshot at offset %d", partition,
                      state.offset)
         self.states[partition] = state
-        if blob is not None and state.pipeline.baseline.frozen_:
+        if blob is not None and state.pipeline.audit_ended:
             await self._publish_services(partition, state)  # idempotent: the same records
         self.metrics.partitions.set(len(self.states))
         return state

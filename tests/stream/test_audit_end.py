@@ -19,9 +19,8 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from pipeline.core.baseline import DAY
+from pipeline.core.baseline import DAY, EDGE_ARRAYS
 from pipeline.core.pipeline import CoreSettings, Pipeline
-from pipeline.core.snapshot import _BASELINE_ARRAYS
 from pipeline.stream import partition as partition_mod
 from pipeline.stream.flowbatch import decode, encode
 from pipeline.stream.outputs import latest_by_id
@@ -141,9 +140,8 @@ def minutes(tables: Iterable[pa.Table]) -> Counter[tuple[Any, ...]]:
 
 
 def baseline_of(p: Pipeline) -> dict[int, tuple[Any, ...]]:
-    b = p.baseline
-    n = len(b)
-    cols = [getattr(b, name)[:n] for name in _BASELINE_ARRAYS]
+    state = p.baseline.state()
+    cols = [state[name] for name in EDGE_ARRAYS]
     return {int(k): tuple(np.asarray(c[i]).tolist() for c in cols[1:])
             for i, k in enumerate(cols[0].tolist())}
 
@@ -252,7 +250,7 @@ def test_windows_wait_for_the_lagging_raw_partition() -> None:
         got.add(step.output)
         by_offset.append(step.output.violations)
         emitted.update(v["id"] for v in step.output.violations)
-        if {k[5] for k in state.pipeline.windows.open} & straddling_windows:
+        if {a["window"] for a in state.pipeline.windows.state()["open"]} & straddling_windows:
             snaps.append((offset, state.to_bytes()))
     events = latest_by_id(want.violations)
     scans = [v for v in events.values() if v["type"] == "scan"]
