@@ -139,7 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=7)
 
     m = sub.add_parser("migrate", help="apply ClickHouse migrations to a store")
-    m.add_argument("--store", default=os.environ.get("SEGFLOW_STORE", DEFAULT_STORE))
+    m.add_argument("--store", default=None,
+                   help=f"default: $SEGFLOW_STORE or {DEFAULT_STORE} (with --print-ddl: "
+                        "a fresh store with every committed migration applied)")
+    m.add_argument("--print-ddl", action="store_true",
+                   help="change nothing; print the next numbered migration "
+                        "(schemas/clickhouse/NNN_name.sql) that brings the store in line "
+                        "with pipeline/core/records.py")
 
     from pipeline.storage.queries import describe
 
@@ -271,10 +277,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_migrate(args: argparse.Namespace) -> int:
     from pipeline.storage import open_store
 
-    with open_store(args.store) as store:
+    if args.print_ddl:
+        return _print_ddl(args.store)
+    url = args.store or os.environ.get("SEGFLOW_STORE", DEFAULT_STORE)
+    with open_store(url) as store:
         applied = store.migrate()
-    print(f"{args.store}: applied {len(applied)} migration(s) {' '.join(applied)}".rstrip())
+    print(f"{url}: applied {len(applied)} migration(s) {' '.join(applied)}".rstrip())
     return 0
+
+
+def _print_ddl(url: str | None) -> int:
+    from pipeline.storage import ddl, open_store
+
+    if url is None:
+        plan = ddl.next_migration_for_fresh_store()
+    else:
+        with open_store(_existing_store(url)) as store:
+            plan = ddl.next_migration(store)
+    for problem in plan.problems:
+        print(f"segflow: not fixed by a migration: {problem}", file=sys.stderr)
+    if plan.needed:
+        sys.stdout.write(plan.sql())
+        print(f"segflow: save as schemas/clickhouse/{plan.filename} and commit it",
+              file=sys.stderr)
+    elif not plan.problems:
+        print("segflow: the store matches pipeline/core/records.py; no migration needed",
+              file=sys.stderr)
+    return 1 if plan.problems else 0
 
 
 def _existing_store(text: str) -> Any:

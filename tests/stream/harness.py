@@ -21,11 +21,14 @@ import pyarrow as pa
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 
+from pipeline.core.records import EDGE_MINUTE
 from pipeline.stream.outputs import latest_by_id
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-EDGE = ("src_namespace", "src_app", "dst_namespace", "dst_app", "service_port", "proto")
-REPLACING_KEY = (*EDGE, "minute", "source_id", "block")
+# edge_minute is a ReplacingMergeTree: rows with equal ORDER BY keys replace each other; the
+# edge is that key without the minute and the input block (pipeline/core/records.py)
+REPLACING_KEY = EDGE_MINUTE.order_by
+EDGE = tuple(c for c in REPLACING_KEY if c not in ("minute", "source_id", "block"))
 
 Totals = dict[tuple[Any, ...], tuple[int, int]]  # edge → (flows, bytes)
 
@@ -314,7 +317,7 @@ def store_totals(path: Path) -> Totals:
     with open_store(f"chdb://{path}") as s:
         rows = s.query_rows(f"SELECT {edge}, sum(flows), sum(bytes) FROM edge_minute FINAL "
                             f"GROUP BY {edge}")
-    return {tuple(r[:6]): (int(r[6]), int(r[7])) for r in rows}
+    return {tuple(r[:len(EDGE)]): (int(r[len(EDGE)]), int(r[len(EDGE) + 1])) for r in rows}
 
 
 def merged_totals(paths: Iterable[Path]) -> Totals:
