@@ -276,13 +276,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     from pipeline.storage import open_store
+    from pipeline.storage.url import redact
 
     if args.print_ddl:
         return _print_ddl(args.store)
     url = args.store or os.environ.get("SEGFLOW_STORE", DEFAULT_STORE)
     with open_store(url) as store:
         applied = store.migrate()
-    print(f"{url}: applied {len(applied)} migration(s) {' '.join(applied)}".rstrip())
+    print(f"{redact(url)}: applied {len(applied)} migration(s) {' '.join(applied)}".rstrip())
     return 0
 
 
@@ -365,7 +366,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SegflowError as exc:
         if os.environ.get("SEGFLOW_DEBUG"):
             raise
-        print(f"segflow: error: {exc}", file=sys.stderr)
+        from pipeline.storage.url import redact
+
+        print(f"segflow: error: {redact(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("segflow: interrupted", file=sys.stderr)

@@ -10,6 +10,7 @@ from typing import Any
 from pipeline.commands.evaluate import evaluate
 from pipeline.commands.replay import ReplaySummary
 from pipeline.core.events import iso
+from pipeline.storage.url import redact
 
 
 def _line(label: str, value: object) -> str:
@@ -76,7 +77,7 @@ def print_replay_summary(
             print(f"  [{v['severity']['label']:>8}] {v['ts']}  {v['reason']}")
     print()
     if store_url:
-        print(_line("store", f"{store_url} ({s.edge_minute_rows:,} edge-minute rows)"))
+        print(_line("store", f"{redact(store_url)} ({s.edge_minute_rows:,} edge-minute rows)"))
     for name, path in (outputs or {}).items():
         if path is not None:
             extra = ""

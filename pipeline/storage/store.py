@@ -24,7 +24,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalErr
 
 from pipeline.errors import StorageError
 from pipeline.storage import migrations, tables
-from pipeline.storage.url import StoreURL, parse_store_url
+from pipeline.storage.url import StoreURL, parse_store_url, redact
 
 log = logging.getLogger(__name__)
 
@@ -143,10 +143,10 @@ def translate(exc: BaseException, url: StoreURL, op: str) -> StorageError:
         )
     if not url.is_embedded and code is None and isinstance(exc, OperationalError):
         return StorageError(
-            f"cannot reach ClickHouse at {url} ({_short(exc)}); "
+            f"cannot reach ClickHouse at {url} ({redact(_short(exc), url.password)}); "
             "check host and port, and that the server is running"
         )
-    return StorageError(f"{op} failed on {url}: {_short(exc)}")
+    return StorageError(f"{op} failed on {url}: {redact(_short(exc), url.password)}")
 
 
 def _chdb_locked(path: Path) -> bool:

@@ -13,6 +13,7 @@ The database defaults to ``segflow``; ``chdb://PATH?database=NAME`` picks anothe
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,12 +67,29 @@ class StoreURL:
 
 
 def _bad(url: str, why: str) -> ConfigError:
-    return ConfigError(f"bad store URL {_redact(url)!r} ({why}): use {ACCEPTED_FORMS}")
+    return ConfigError(redact(f"bad store URL {url!r} ({why}): use {ACCEPTED_FORMS}"))
 
 
-def _redact(url: str) -> str:
-    """Hide a ``user:password@`` password in raw URL text."""
-    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", url)
+# scheme, optional "//" and user name, then ":password@" up to the token's last "@" (passwords
+# may hold "/", "@" or ":" unencoded); "http:user:secret@host" (no "//") is covered too
+_USERINFO = re.compile(r"""(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*:(?://)?[^\s:@/'"<>]*):"""
+                       r"""[^\s'"<>]*@""")
+REDACTED = "***"
+
+
+def redact(text: str, *secrets: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@`` URL in it, and every
+    literal ``secrets`` value, replaced by ``***``. The one redaction used for messages, logs
+    and summaries.
+
+    >>> redact("http://user:pa/ss@host:1/db and http:u:secret@h/db")
+    'http://user:***@host:1/db and http:u:***@h/db'
+    """
+    out = _USERINFO.sub(rf"\g<head>:{REDACTED}@", text)
+    for secret in secrets:
+        if secret:
+            out = out.replace(secret, REDACTED)
+    return out
 
 
 def _check_db(url: str, name: str) -> str:
@@ -138,4 +156,24 @@ def parse_store_url(url: str | Path) -> StoreURL:
     raise _bad(text, f"unsupported scheme {scheme!r}")
 
 
-__all__ = ["DEFAULT_DATABASE", "StoreURL", "parse_store_url"]
+class RedactingFilter(logging.Filter):
+    """Logging filter (put it on handlers) that passes every record through :func:`redact`,
+    so a password a library echoes in a URL never reaches a log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # a library's bad format string: log it as is
+            return True
+        clean = redact(message)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if clean != message or record.args:
+            record.msg, record.args = clean, None
+        return True
+
+
+__all__ = ["DEFAULT_DATABASE", "REDACTED", "RedactingFilter", "StoreURL", "parse_store_url",
+           "redact"]

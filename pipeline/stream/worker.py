@@ -32,6 +32,7 @@ from pipeline.config import WorkerSettings, load_settings
 from pipeline.errors import BrokerError, ConfigError, InputError
 from pipeline.sources import FORMATS, get_parser
 from pipeline.storage import Store, open_store
+from pipeline.storage.url import RedactingFilter
 from pipeline.stream.app import create_app
 from pipeline.stream.clients import (
     MAX_MESSAGE_BYTES,
@@ -274,6 +275,8 @@ def run_worker(config_path: Path | None, role: str | None = None) -> int:
     logging.basicConfig(level=libraries,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pipeline").setLevel(level)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
     try:
         return asyncio.run(serve(settings))
     except BrokerError:
