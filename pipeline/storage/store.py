@@ -24,7 +24,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalErr
 
 from pipeline.errors import StorageError
 from pipeline.storage import migrations, tables
-from pipeline.storage.url import StoreURL, parse_store_url, redact
+from pipeline.storage.url import StoreURL, check_chdb_dir, parse_store_url, redact
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +169,7 @@ def _chdb_locked(path: Path) -> bool:
 
 def _connect_chdb(url: StoreURL) -> Client:
     assert url.path is not None
+    check_chdb_dir(url.path)
     try:
         url.path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -156,6 +156,29 @@ def parse_store_url(url: str | Path) -> StoreURL:
     raise _bad(text, f"unsupported scheme {scheme!r}")
 
 
+CHDB_MARKER = "metadata"  # every chdb/ClickHouse data directory has its catalog folder
+
+
+def check_chdb_dir(path: Path) -> None:
+    """ConfigError unless ``path`` is absent, an empty folder, or already a chdb store, so a
+    mistyped ``--store`` never fills a folder of other files with chdb's folders."""
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise ConfigError(f"store path {path} is a file, not a folder; pass a new or empty "
+                          "folder (or an existing segflow store)")
+    if (path / CHDB_MARKER).is_dir():
+        return
+    try:
+        names = sorted(p.name for p in path.iterdir())
+    except OSError as exc:
+        raise ConfigError(f"cannot read store folder {path}: {exc.strerror or exc}") from exc
+    if names:
+        shown = ", ".join(ascii(n)[1:-1] for n in names[:3]) + (", ..." if len(names) > 3 else "")
+        raise ConfigError(f"store folder {path} is not empty and not a segflow store (it holds "
+                          f"{shown}); pass a new or empty folder")
+
+
 class RedactingFilter(logging.Filter):
     """Logging filter (put it on handlers) that passes every record through :func:`redact`,
     so a password a library echoes in a URL never reaches a log."""
@@ -175,5 +198,13 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-__all__ = ["DEFAULT_DATABASE", "REDACTED", "RedactingFilter", "StoreURL", "parse_store_url",
-           "redact"]
+__all__ = [
+    "CHDB_MARKER",
+    "DEFAULT_DATABASE",
+    "REDACTED",
+    "RedactingFilter",
+    "StoreURL",
+    "check_chdb_dir",
+    "parse_store_url",
+    "redact",
+]
