@@ -227,6 +227,13 @@ def test_what_the_core_produces_fits_the_records_and_the_store(store: Store) -> 
     assert rows == [(minutes.num_rows,)]
 
 
+def test_events_reach_only_declared_tables(store: Store) -> None:
+    _, violations, _ = _core_output()
+    with pytest.raises(StorageError, match="no event record declares table 'incidents'"):
+        store.write_events("incidents", violations)
+    assert store.write_events("violations", violations) == len(violations)
+
+
 def test_a_column_must_be_declared_to_reach_the_store() -> None:
     minutes = _core_output()[0]
     with pytest.raises(StorageError, match="columns tenant that no table holds"):

@@ -234,7 +234,10 @@ _PLANS = {rec.table: _plan(rec) for rec in records.event_records()}  # fails lou
 
 def events_to_arrow(table: str, events: Sequence[Mapping[str, Any]]) -> pa.Table:
     """Event dicts → rows of ``table``, read as :mod:`pipeline.core.records` declares."""
-    plan = _PLANS[table]
+    plan = _PLANS.get(table)
+    if plan is None:
+        raise StorageError(f"no event record declares table {table!r} "
+                           f"(pipeline/core/records.py declares {', '.join(_PLANS)})")
     kind = plan.record.event
     for i, event in enumerate(events):
         if not isinstance(event, Mapping):
