@@ -22,6 +22,9 @@ from pipeline.core.intents import CandidateRule, Evidence, Peer, Workload
 from pipeline.core.workloads import OVERFLOW, WORLD, WorkloadInfo, Workloads
 
 SELECTOR_KEYS = ("app", "app.kubernetes.io/name", "k8s-app", "name")
+TIER_KEYS = ("tier", "app.kubernetes.io/component")
+# weak evidence: seen on a single day with fewer flows than this → listed for review
+PROVISIONAL_FLOWS = 10
 
 
 def to_workload(info: WorkloadInfo) -> Workload:
@@ -34,7 +37,9 @@ def to_workload(info: WorkloadInfo) -> Workload:
             break
     if not selector and info.kind == "pod":
         selector = (("app", info.app),)
-    return Workload(info.namespace, info.app, info.kind, selector)
+    tier = next((labels[k] for k in TIER_KEYS if k in labels), "")
+    return Workload(info.namespace, info.app, info.kind, selector, env=info.env,
+                    service_account=info.service_account, tier=tier)
 
 
 def _peers(
@@ -123,10 +128,11 @@ def derive_rules(
                     ports=ports,
                     evidence=Evidence(a.flows, a.bytes, a.first, a.last, a.days),
                     confidence=confidence,
+                    provisional=a.days <= 1 and a.flows < PROVISIONAL_FLOWS,
                 )
             )
     rules.sort(key=lambda r: r.id)
     return rules
 
 
-__all__ = ["derive_rules", "to_workload"]
+__all__ = ["PROVISIONAL_FLOWS", "derive_rules", "to_workload"]

@@ -1,10 +1,17 @@
-"""Shared plumbing for the renderers: validation pass, grouping, annotations, YAML dumping."""
+"""Shared plumbing for the renderers: validation pass, grouping, annotations, YAML dumping.
+
+:func:`prepare` checks every untrusted value of a rule (names, labels, CIDRs, DNS names,
+service accounts) before it can reach a document and groups the renderable rules per
+protected workload; everything else is *skipped* with a one-line reason that the render
+report (:mod:`pipeline.policy.report`) turns into "what the default deny will block".
+Provisional rules (weak evidence) are skipped for review until accepted.
+"""
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -38,10 +45,13 @@ Port = tuple[int, int | None]  # (proto, port or None = any port / any ICMP type
 
 @dataclass(frozen=True, slots=True)
 class RenderResult:
-    """Rendered files (relative path -> text) and the rules that were not rendered."""
+    """Rendered files (relative path -> text), the rules that were not rendered (id,
+    reason), and the render report: one entry per skipped or approximated rule."""
 
     files: dict[str, str]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (rule id, reason)
+    report: list[dict[str, Any]] = field(default_factory=list)
+    plane: str = ""
 
     def skip_counts(self) -> dict[str, int]:
         """Skipped rules per reason category (the text before the first ``:``)."""
@@ -50,13 +60,16 @@ class RenderResult:
 
 @dataclass(frozen=True, slots=True, order=True)
 class PeerSpec:
-    """A validated, canonical peer: pods (namespace + selector), a CIDR, or the world."""
+    """A validated, canonical peer: pods (namespace + selector), every pod of a namespace,
+    a CIDR, or the world; with the service account and DNS names when known."""
 
-    kind: Literal["pods", "cidr", "world"]
+    kind: Literal["pods", "namespace", "cidr", "world"]
     namespace: str = ""
     selector: tuple[tuple[str, str], ...] = ()
     cidr: str = ""
     excepts: tuple[str, ...] = ()
+    service_account: str = ""
+    fqdns: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -69,9 +82,12 @@ class AppRules:
     rules: list[CandidateRule] = field(default_factory=list)
     ports: dict[tuple[Direction, PeerSpec], set[Port]] = field(default_factory=dict)
     notes: set[str] = field(default_factory=set)
+    peer_rules: dict[tuple[Direction, PeerSpec], list[CandidateRule]] = field(
+        default_factory=dict)
 
     def add(self, rule: CandidateRule, peer: PeerSpec) -> None:
         self.rules.append(rule)
+        self.peer_rules.setdefault((rule.direction, peer), []).append(rule)
         ports = self.ports.setdefault((rule.direction, peer), set())
         if rule.ports:
             ports.update((rule.proto, p) for p in rule.ports)
@@ -97,6 +113,7 @@ class Prepared:
     apps: dict[tuple[str, str], AppRules]
     skipped: list[tuple[str, str]]
     skipped_in_ns: Counter[str]
+    rules: dict[str, CandidateRule] = field(default_factory=dict)  # every rule seen, by id
 
     def skip(self, rule: CandidateRule, reason: str, namespace: str | None = None) -> None:
         self.skipped.append((str(rule.id), reason))
@@ -109,6 +126,8 @@ def _peer_spec(rule: CandidateRule) -> PeerSpec | str:
     peer = rule.peer
     if err := labels.peer_error(peer):
         return f"invalid peer: {err}"
+    fqdns = tuple(sorted({f.lower().rstrip(".") for f in peer.fqdns}))
+    sa = peer.workload.service_account if peer.workload is not None else ""
     excepts = tuple(n for n in map(labels.parse_cidr, peer.except_cidrs) if n is not None)
     if peer.kind == "world":
         for net in (labels.parse_cidr("0.0.0.0/0"), labels.parse_cidr("::/0")):
@@ -116,18 +135,21 @@ def _peer_spec(rule: CandidateRule) -> PeerSpec | str:
             same = tuple(e for e in excepts if e.version == net.version)
             if err := labels.except_error(net, same):
                 return f"invalid peer: {err}"
-        return PeerSpec("world", excepts=_sorted_cidrs(excepts))
+        return PeerSpec("world", excepts=_sorted_cidrs(excepts), fqdns=fqdns)
+    if peer.kind == "namespace" and peer.workload is not None:
+        return PeerSpec("namespace", namespace=peer.workload.namespace)
     if peer.kind == "workload" and peer.workload is not None:
         selector = labels.pod_selector(peer.workload)
         if selector is not None:
-            return PeerSpec("pods", namespace=peer.workload.namespace, selector=selector)
+            return PeerSpec("pods", namespace=peer.workload.namespace, selector=selector,
+                            service_account=sa)
         if peer.cidr is None:
             return f"non-pod peer: {labels.show(peer.workload.kind)} peer has no selector or cidr"
     net = labels.parse_cidr(peer.cidr)
     assert net is not None  # peer_error checked it
     if err := labels.except_error(net, excepts):
         return f"invalid peer: {err}"
-    return PeerSpec("cidr", cidr=str(net), excepts=_sorted_cidrs(excepts))
+    return PeerSpec("cidr", cidr=str(net), excepts=_sorted_cidrs(excepts), fqdns=fqdns)
 
 
 def _sorted_cidrs(nets: Iterable[labels.IPNetwork]) -> tuple[str, ...]:
@@ -135,10 +157,12 @@ def _sorted_cidrs(nets: Iterable[labels.IPNetwork]) -> tuple[str, ...]:
     return tuple(str(n) for n in sorted(unique, key=lambda n: (n.version, n)))
 
 
-def _ports_error(rule: CandidateRule, *, icmp_ok: bool) -> str | None:
+def ports_error(rule: CandidateRule, *, icmp_ok: bool, plane: str = "a Kubernetes NetworkPolicy",
+                ) -> str | None:
+    """Why the rule's protocol/ports cannot be rendered on this plane, or None."""
     if rule.proto in ICMP_PROTOS:
         if not icmp_ok:
-            return "unsupported: ICMP cannot be expressed in a Kubernetes NetworkPolicy"
+            return f"unsupported: ICMP cannot be expressed in {plane}"
         low, high = 0, 255  # the "ports" of an ICMP rule are ICMP types
     elif rule.proto in PROTO_NAMES:
         low, high = 1, 65535
@@ -151,41 +175,68 @@ def _ports_error(rule: CandidateRule, *, icmp_ok: bool) -> str | None:
 
 
 Selector = tuple[tuple[str, str], ...]
+# plane-specific refusal: (rule, canonical peer) -> reason or None
+PlaneCheck = Callable[[CandidateRule, PeerSpec], str | None]
 
 
-def _check(rule: CandidateRule, *, icmp_ok: bool) -> tuple[Selector, PeerSpec] | str:
-    """The protected app's selector and the canonical peer, or why the rule is skipped."""
-    app = rule.app
+def rule_error(rule: CandidateRule) -> str | None:
+    """Status, review and plane-independent validity of a rule (not the peer)."""
     if rule.status == "rejected":
         return "rejected: rule status is rejected"
     if err := labels.rule_id_error(rule.id):
         return f"invalid: {err}"
+    if rule.provisional and rule.status != "accepted":
+        ev = rule.evidence
+        return (f"review: provisional rule (seen on {ev.days_observed} day(s), {ev.flows} flows);"
+                " accept it to render")
+    if rule.direction not in ("ingress", "egress"):
+        return f"invalid: direction {labels.show(rule.direction)}"
+    if err := labels.l7_error(rule.methods, rule.paths):
+        return f"invalid: {err}"
+    return None
+
+
+def _check(rule: CandidateRule, *, icmp_ok: bool, plane_check: PlaneCheck | None,
+           ) -> tuple[Selector, PeerSpec] | str:
+    """The protected app's selector and the canonical peer, or why the rule is skipped."""
+    app = rule.app
+    if err := rule_error(rule):
+        return err
     if err := labels.workload_error(app, need_namespace=app.kind in labels.POD_KINDS):
         return f"invalid workload: {err}"
     selector = labels.pod_selector(app)
     if selector is None:
         return f"non-pod: {labels.show(app.kind)} workload is not protected by pod policies"
-    if rule.direction not in ("ingress", "egress"):
-        return f"invalid: direction {labels.show(rule.direction)}"
     peer = _peer_spec(rule)
     if isinstance(peer, str):
         return peer
-    return _ports_error(rule, icmp_ok=icmp_ok) or (selector, peer)
+    if err := ports_error(rule, icmp_ok=icmp_ok):
+        return err
+    if plane_check is not None and (err := plane_check(rule, peer)):
+        return err
+    return selector, peer
 
 
-def prepare(rules: Iterable[CandidateRule], *, icmp_ok: bool) -> Prepared:
+def unique_rules(rules: Iterable[CandidateRule]) -> list[CandidateRule]:
+    """Rules without exact duplicates, in a canonical order (id, then text)."""
+    unique = {repr(r): r for r in rules}
+    return [r for _, r in sorted(unique.items(), key=lambda kv: (str(kv[1].id), kv[0]))]
+
+
+def prepare(rules: Iterable[CandidateRule], *, icmp_ok: bool,
+            plane_check: PlaneCheck | None = None) -> Prepared:
     """Validate and group rules per protected app; everything unrenderable goes to skipped.
 
     Rules of one app that disagree on its selector are all skipped (no guessing which is right).
     """
     out = Prepared({}, [], Counter())
-    unique = {repr(r): r for r in rules}  # drop exact duplicates, keep order-independence
     ok: list[tuple[CandidateRule, Selector, PeerSpec]] = []
     selectors: dict[tuple[str, str], set[Selector]] = {}
     notes: dict[tuple[str, str], set[str]] = {}
-    for _, rule in sorted(unique.items(), key=lambda kv: (str(kv[1].id), kv[0])):
+    for rule in unique_rules(rules):
+        out.rules.setdefault(str(rule.id), rule)
         key = (rule.app.namespace, rule.app.app)
-        checked = _check(rule, icmp_ok=icmp_ok)
+        checked = _check(rule, icmp_ok=icmp_ok, plane_check=plane_check)
         if isinstance(checked, str):
             # unrendered traffic of a pod in a real namespace will hit that namespace's default deny
             counted = (
@@ -212,6 +263,14 @@ def prepare(rules: Iterable[CandidateRule], *, icmp_ok: bool) -> Prepared:
             out.apps[key].notes.update(app_notes)
     out.skipped.sort()
     return out
+
+
+def for_env(rules: Iterable[CandidateRule], env: str | None) -> list[CandidateRule]:
+    """The rules protecting workloads of one environment (all rules when ``env`` is None)."""
+    rules = list(rules)
+    if env is None:
+        return rules
+    return [r for r in rules if r.app.env == env]
 
 
 def _iso(ts: float) -> str:

@@ -25,6 +25,11 @@ _RULE_ID_RE = re.compile(r"[A-Za-z0-9][-A-Za-z0-9_.:]{0,127}")
 
 MAX_NAME = 63
 MAX_PREFIX = 253
+MAX_FQDN = 253
+MAX_L7_ITEMS = 64
+_FQDN_RE = re.compile(rf"(?:\*\.)?{_DNS_LABEL}(?:\.{_DNS_LABEL})+")
+_METHOD_RE = re.compile(r"[A-Z]{1,16}")
+_PATH_RE = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/-]{0,254}")
 # plain scalars that some YAML reader (1.1: PyYAML, go-yaml v2; 1.2 core: go-yaml v3, ruamel)
 # resolves to something other than a string
 _YAML_NON_STRING = re.compile(
@@ -66,6 +71,38 @@ def yaml_needs_quotes(text: str) -> bool:
     (``1e3``, ``yes``, ``y``, ``null``, ``0x1F``, ``010``, ``1:20``, ``.inf``) by a YAML 1.1
     or 1.2 reader, or is empty; such values must be written quoted."""
     return text == "" or _YAML_NON_STRING.fullmatch(text) is not None
+
+
+def fqdn_error(name: object) -> str | None:
+    """Check a DNS name (optionally ``*.``-prefixed): lower-case labels, at least two."""
+    if not isinstance(name, str):
+        return f"dns name is not a string: {show(name)}"
+    text = name.rstrip(".")
+    if not text or len(text) > MAX_FQDN:
+        return f"dns name is empty or longer than {MAX_FQDN} chars: {show(name)}"
+    if not text.isascii() or _FQDN_RE.fullmatch(text.lower()) is None or any(
+        len(part) > MAX_NAME for part in text.split(".")
+    ):
+        return f"dns name has invalid characters: {show(name)}"
+    return None
+
+
+def service_account_error(name: object) -> str | None:
+    """Check a Kubernetes service account name (a DNS-1123 subdomain), empty allowed."""
+    if name == "":
+        return None
+    return _name_error("service account", name, _DNS_SUBDOMAIN_RE, MAX_PREFIX)
+
+
+def l7_error(methods: object, paths: object) -> str | None:
+    """Check HTTP methods (upper-case tokens) and path prefixes (``/…``, URL characters)."""
+    for what, values, pattern in (("method", methods, _METHOD_RE), ("path", paths, _PATH_RE)):
+        if not isinstance(values, tuple) or len(values) > MAX_L7_ITEMS:
+            return f"http {what}s are not a tuple of at most {MAX_L7_ITEMS}: {show(values)}"
+        for v in values:
+            if not isinstance(v, str) or not v.isascii() or pattern.fullmatch(v) is None:
+                return f"http {what} is invalid: {show(v)}"
+    return None
 
 
 def label_key_error(key: object) -> str | None:
@@ -127,12 +164,18 @@ def pod_selector(workload: Workload) -> tuple[tuple[str, str], ...] | None:
 
 
 def workload_error(workload: object, *, need_namespace: bool = True) -> str | None:
-    """Check a workload's namespace, app name and selector."""
+    """Check a workload's namespace, app name, selector, service account, env and tier."""
     if not isinstance(workload, Workload):
         return f"not a Workload: {show(workload)}"
     if (need_namespace or workload.namespace) and (err := namespace_error(workload.namespace)):
         return err
-    return app_name_error(workload.app) or selector_error(workload.selector)
+    return (
+        app_name_error(workload.app)
+        or selector_error(workload.selector)
+        or service_account_error(workload.service_account)
+        or (label_value_error(workload.env) and f"env: {label_value_error(workload.env)}")
+        or (label_value_error(workload.tier) and f"tier: {label_value_error(workload.tier)}")
+    )
 
 
 def parse_cidr(text: object) -> IPNetwork | None:
@@ -157,13 +200,22 @@ def peer_error(peer: object) -> str | None:
     """Check the untrusted parts of a peer (names, labels, CIDRs)."""
     if not isinstance(peer, Peer):
         return f"not a Peer: {show(peer)}"
-    if peer.kind not in ("workload", "cidr", "world"):
+    if peer.kind not in ("workload", "namespace", "cidr", "world"):
         return f"unknown peer kind {show(peer.kind)}"
+    if not isinstance(peer.fqdns, tuple) or len(peer.fqdns) > MAX_L7_ITEMS:
+        return f"peer dns names are not a tuple of at most {MAX_L7_ITEMS}"
+    for name in peer.fqdns:
+        if err := fqdn_error(name):
+            return err
     if peer.cidr is not None and parse_cidr(peer.cidr) is None and peer.kind != "world":
         return f"peer cidr is not a CIDR: {show(peer.cidr)}"
     for ex in peer.except_cidrs:
         if parse_cidr(ex) is None:
             return f"peer except is not a CIDR: {show(ex)}"
+    if peer.kind == "namespace":
+        if peer.workload is None:
+            return "namespace peer has no workload (namespace)"
+        return namespace_error(peer.workload.namespace)
     if peer.kind == "workload":
         if peer.workload is None:
             return "workload peer has no workload"
@@ -199,6 +251,8 @@ __all__ = [
     "app_name_error",
     "dns_label",
     "except_error",
+    "fqdn_error",
+    "l7_error",
     "label_key_error",
     "label_value_error",
     "namespace_error",
@@ -207,6 +261,7 @@ __all__ = [
     "pod_selector",
     "rule_id_error",
     "selector_error",
+    "service_account_error",
     "show",
     "workload_error",
     "yaml_needs_quotes",

@@ -12,8 +12,10 @@ from typing import Any
 
 from pipeline.core.intents import CandidateRule
 from pipeline.policy import _common as c
-from pipeline.policy.labels import dns_label
+from pipeline.policy import report
+from pipeline.policy.labels import POD_KINDS, dns_label
 
+PLANE = "networkpolicy"
 API_VERSION = "networking.k8s.io/v1"
 DEFAULT_DENY_NAME = "segflow-default-deny"
 DEFAULT_DENY_FILE = "00-default-deny.yaml"
@@ -41,6 +43,8 @@ def peers(peer: c.PeerSpec, namespace: str) -> list[dict[str, Any]]:
             out["namespaceSelector"] = _labels(((c.NAMESPACE_LABEL, peer.namespace),))
         out["podSelector"] = _labels(peer.selector)
         return [out]
+    if peer.kind == "namespace":
+        return [{"namespaceSelector": _labels(((c.NAMESPACE_LABEL, peer.namespace),))}]
     if peer.kind == "cidr":
         return [_ip_block(peer.cidr, peer.excepts)]
     return [
@@ -117,16 +121,29 @@ def render_networkpolicies(
     prepared = c.prepare(rules, icmp_ok=False)
     files: dict[str, str] = {}
     namespaces: set[str] = set()
+    isolated: set[tuple[str, str, str]] = set()  # (namespace, app, direction)
     for _, group in sorted(prepared.apps.items()):
         if not group.rules:
             continue
         path, text = _policy(group, allow_dns=allow_dns, default_deny=default_deny)
         files[path] = text
         namespaces.add(group.namespace)
+        isolated.update((group.namespace, group.app, d) for d, _ in group.ports)
+        if allow_dns and (group.has_egress() or default_deny):
+            isolated.add((group.namespace, group.app, "egress"))
+
+    def is_isolated(rule: CandidateRule) -> bool:
+        app = rule.app
+        if app.kind not in POD_KINDS:
+            return False
+        return (default_deny and app.namespace in namespaces) or (
+            (app.namespace, app.app, rule.direction) in isolated)
+
     if default_deny:
         for ns in sorted(namespaces):
             files[f"{ns}/{DEFAULT_DENY_FILE}"] = _default_deny(ns, prepared.skipped_in_ns[ns])
-    return c.RenderResult(dict(sorted(files.items())), prepared.skipped)
+    entries = report.entries(PLANE, prepared.rules, prepared.skipped, is_isolated)
+    return c.RenderResult(dict(sorted(files.items())), prepared.skipped, entries, PLANE)
 
 
-__all__ = ["render_networkpolicies"]
+__all__ = ["PLANE", "peers", "ports", "render_networkpolicies"]
