@@ -124,7 +124,9 @@ def prepare_cloud(rules: Iterable[CandidateRule], *, plane: str,
     out = CloudPrepared()
     for rule in c.unique_rules(rules):
         out.by_id.setdefault(str(rule.id), rule)
-        err = c.rule_error(rule) or labels.workload_error(rule.app, need_namespace=False)
+        err = c.rule_error(rule)
+        if err is None and (bad := labels.workload_error(rule.app, need_namespace=False)):
+            err = f"invalid workload: {bad}"
         if err is None and rule.app.kind not in GROUP_KINDS:
             err = f"non-protectable: {labels.show(rule.app.kind)} workloads have no {plane} group"
         remote = None

@@ -51,7 +51,7 @@ def entries(
         entry: dict[str, Any] = {
             "plane": plane,
             "rule_id": _safe(rule_id),
-            "category": reason.split(":", 1)[0],
+            "category": category(reason),
             "reason": reason,
         }
         if rule is not None:
@@ -72,6 +72,11 @@ def entries(
         out.append(entry)
     out.sort(key=lambda e: (e["plane"], e.get("app", ""), e["rule_id"], e["reason"]))
     return out
+
+
+def category(reason: str) -> str:
+    """``invalid``, ``unsupported``, ``non-pod``, ``review``, ``rejected``, ``wider``, ..."""
+    return reason.split(":", 1)[0].split(" ", 1)[0]
 
 
 def _consequence(effect: str, rule: CandidateRule) -> str:
@@ -123,4 +128,4 @@ def write_report(plane: str, files: int, report: list[dict[str, Any]], out_dir: 
     return paths
 
 
-__all__ = ["REPORT_JSONL", "REPORT_TEXT", "entries", "jsonl", "summary", "write_report"]
+__all__ = ["REPORT_JSONL", "REPORT_TEXT", "category", "entries", "jsonl", "summary", "write_report"]
