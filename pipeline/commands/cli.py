@@ -13,9 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from pipeline.errors import ConfigError, SegflowError
+from pipeline.commands.progress import DEFAULT_EVERY, MODES
+from pipeline.errors import ConfigError, InputError, SegflowError
 
 DEFAULT_STORE = "chdb://var/segflow"
+DESCRIPTION = ("segflow learns which workloads talk to which from network flow records, "
+               "alerts when traffic leaves that map, and proposes the allow rules that would "
+               "enforce it.")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,7 +55,8 @@ def _core_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--suppress", type=float, default=3600.0, metavar="SECONDS",
                    help="one violation per edge per window of this many seconds (default 3600)")
     g.add_argument("--scan-threshold", type=int, default=20,
-                   help="new targets from one workload within a window that make a scan")
+                   help="new targets from one workload within a window that make a scan "
+                   "(default 20)")
     g.add_argument("--internal-cidrs", default=None,
                    help="comma-separated internal ranges (default RFC 1918, CGNAT, ULA)")
 
@@ -85,42 +90,70 @@ def _settings(args: argparse.Namespace) -> Any:
 def build_parser() -> argparse.ArgumentParser:
     from pipeline.sources import FORMATS
 
-    p = _Parser(prog="segflow", description=__doc__.splitlines()[0] if __doc__ else None)
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = _Parser(prog="segflow", description=DESCRIPTION,
+                epilog="`segflow COMMAND --help` shows a command's options and their defaults.")
+    p.add_argument("--version", action="version", version=f"segflow {_version()}",
+                   help="print the version and exit")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser,
+                           metavar="COMMAND")
 
     r = sub.add_parser("replay", help="replay flow files through the pipeline")
     r.add_argument("files", nargs="+", type=Path,
                    help="flow files (plain or .gz) or folders of them, replayed in order")
-    r.add_argument("--inventory", type=Path, required=True, help="inventory JSONL/CSV")
+    r.add_argument("--inventory", type=Path,
+                   help="inventory JSONL/CSV (ip or cidr → app, namespace, labels); optional "
+                   "when the flows name their workloads (Hubble, GKE details, goflow2 "
+                   "Kubernetes fields, canonical src_workload), whose identity then wins over "
+                   "the inventory's for the same address (default: none)")
     r.add_argument("--format", default="auto", choices=["auto", *FORMATS],
                    help="input format (default: detect)")
     r.add_argument("--fields", help="field list for headerless AWS custom formats or Zeek TSV, "
-                   "space-separated, e.g. 'version srcaddr dstaddr ...'")
+                   "space-separated, e.g. 'version srcaddr dstaddr ...' (default: from the "
+                   "file's header or the format's default layout)")
     r.add_argument("--store", default=os.environ.get("SEGFLOW_STORE", DEFAULT_STORE),
                    help="chdb://PATH or http(s)://user:pass@host:port/db (default %(default)s)")
     r.add_argument("--no-store", action="store_true", help="do not write to ClickHouse")
-    r.add_argument("--violations", type=Path, help="write violation events (JSONL) here")
+    r.add_argument("--violations", type=Path,
+                   help="write violation events (JSONL) here (default: not written)")
     r.add_argument("--violations-format", choices=["segflow", "ocsf"], default="segflow",
                    help="segflow events (schemas/violation.schema.json) or OCSF 1.5 Detection "
                    "Findings for SIEMs (default %(default)s)")
-    r.add_argument("--rules", type=Path, help="write candidate-rule events (JSONL) here")
-    r.add_argument("--policies", type=Path, help="write NetworkPolicy YAML into this folder")
-    r.add_argument("--dead-letter", type=Path, help="write rejected records (JSONL) here")
+    r.add_argument("--rules", type=Path,
+                   help="write candidate-rule events (JSONL) here (default: not written)")
+    r.add_argument("--policies", type=Path,
+                   help="write NetworkPolicy YAML into this folder (default: not written)")
+    r.add_argument("--dead-letter", type=Path,
+                   help="write rejected records (JSONL) here (default: only counted)")
     r.add_argument("--report", type=Path, metavar="HTML",
-                   help="write the self-contained HTML report of the store here")
-    r.add_argument("--truth", type=Path, help="ground-truth file to score violations against")
+                   help="write the self-contained HTML report of the store here "
+                   "(default: not written)")
+    r.add_argument("--truth", type=Path,
+                   help="ground-truth file to score violations against (default: none)")
     r.add_argument("--save-baseline", type=Path, metavar="DIR",
-                   help="write the learned baseline + manifest here (e.g. models/prod-2026-01)")
+                   help="write the learned baseline + manifest here, e.g. models/prod-2026-01 "
+                   "(default: not saved)")
+    r.add_argument("--progress", choices=MODES, default="auto",
+                   help="bar: a progress bar; log: a line every --progress-every seconds "
+                   "(flows, rate, event time, ETA); auto: bar on a terminal, else log "
+                   "(default %(default)s)")
+    r.add_argument("--progress-every", type=float, default=DEFAULT_EVERY, metavar="SECONDS",
+                   help="seconds between progress log lines (default %(default)g)")
     _core_flags(r)
 
     g = sub.add_parser("generate", help="write a seeded synthetic estate (or stream it to Kafka)")
     g.add_argument("--out", type=Path, help="output folder (required unless --to-kafka)")
-    g.add_argument("--seed", type=int, default=7)
-    g.add_argument("--apps", type=int, default=12)
-    g.add_argument("--days", type=int, default=35)
-    g.add_argument("--audit-days", type=int, default=30)
-    g.add_argument("--flows-per-day", type=int, default=30_000)
-    g.add_argument("--no-attacks", action="store_true", help="benign traffic only")
+    g.add_argument("--seed", type=int, default=7,
+                   help="random seed: the same seed gives the same estate (default %(default)s)")
+    g.add_argument("--apps", type=int, default=12,
+                   help="applications in the estate (default %(default)s)")
+    g.add_argument("--days", type=int, default=35,
+                   help="days of traffic (default %(default)s)")
+    g.add_argument("--audit-days", type=int, default=30,
+                   help="days before attacks and churn start (default %(default)s)")
+    g.add_argument("--flows-per-day", type=int, default=30_000,
+                   help="flows per day across the estate (default %(default)s)")
+    g.add_argument("--no-attacks", action="store_true",
+                   help="benign traffic only (default: attacks injected after the audit)")
     k = g.add_argument_group("kafka")
     k.add_argument("--to-kafka", metavar="BOOTSTRAP",
                    help="produce the flows to this broker instead of writing files")
@@ -130,18 +163,24 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--per-message", type=int, default=1, metavar="K",
                    help="records per Kafka message, NDJSON when > 1 (default 1)")
     pace = k.add_mutually_exclusive_group()
-    pace.add_argument("--rate", type=float, metavar="N", help="flows per second")
+    pace.add_argument("--rate", type=float, metavar="N",
+                      help="flows per second (default: as fast as possible)")
     pace.add_argument("--fast", action="store_true", help="as fast as possible (default)")
 
     d = sub.add_parser("demo", help="generate a small estate, replay it, show what was found")
-    d.add_argument("--out", type=Path, default=Path("var/demo"))
-    d.add_argument("--store", default=None, help="default: chdb://<out>/store")
-    d.add_argument("--seed", type=int, default=7)
+    d.add_argument("--out", type=Path, default=Path("var/demo"),
+                   help="folder for the data, the store and the outputs (default %(default)s)")
+    d.add_argument("--store", default=None,
+                   help="chdb://PATH or http(s)://user:pass@host:port/db "
+                   "(default: chdb://<out>/store)")
+    d.add_argument("--seed", type=int, default=7,
+                   help="random seed of the generated estate (default %(default)s)")
 
     m = sub.add_parser("migrate", help="apply ClickHouse migrations to a store")
     m.add_argument("--store", default=None,
-                   help=f"default: $SEGFLOW_STORE or {DEFAULT_STORE} (with --print-ddl: "
-                        "a fresh store with every committed migration applied)")
+                   help="chdb://PATH or http(s)://user:pass@host:port/db (default: "
+                        f"$SEGFLOW_STORE or {DEFAULT_STORE}; with --print-ddl: a fresh store "
+                        "with every committed migration applied)")
     m.add_argument("--print-ddl", action="store_true",
                    help="change nothing; print the next numbered migration "
                         "(schemas/clickhouse/NNN_name.sql) that brings the store in line "
@@ -159,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="event time from (epoch s or RFC 3339; default: everything)")
     rp.add_argument("--to", dest="end", type=_time_arg, default=None,
                     help="event time to, exclusive (default: everything)")
-    rp.add_argument("--app", default="", help="only what touches this app ('app' or 'ns/app')")
+    rp.add_argument("--app", default="", help="only what touches this app ('app' or 'ns/app'; "
+                    "default: every app)")
 
     views = describe()
     q = sub.add_parser("query", help="read results back from a store: "
@@ -173,13 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--to", dest="end", type=_time_arg, default=None,
                    help="event time to, exclusive (default: everything)")
     q.add_argument("--app", default="", help="only rows where either end is this app "
-                   "('app' or 'namespace/app')")
+                   "('app' or 'namespace/app'; default: every app)")
     q.add_argument("--limit", type=int, default=50, help="rows at most (default %(default)s)")
     q.add_argument("--output", "-o", choices=("table", "json", "csv"), default="table",
                    help="output format (default %(default)s)")
 
     w = sub.add_parser("worker", help="run the Kafka streaming worker (faust)")
-    w.add_argument("--config", type=Path, help="config file (TOML/JSON); env vars override")
+    w.add_argument("--config", type=Path,
+                   help="config file (TOML/JSON); env vars override (default: env vars only)")
     w.add_argument("--role", choices=("all", "ingest", "stateful"),
                    help="stages to run (default: role setting, all): run ingest and stateful "
                         "as two processes to use two cores")
@@ -204,7 +245,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.report and args.no_store:
         raise ConfigError("--report reads the store: drop --no-store or --report")
-    inventory = load_inventory(args.inventory, internal_cidrs=settings.internal_cidrs)
+    inventory = None
+    if args.inventory is not None:
+        inventory = load_inventory(args.inventory, internal_cidrs=settings.internal_cidrs)
+        if not len(inventory):
+            print(f"segflow: warning: inventory {args.inventory} has no entries: workloads "
+                  "come only from identities the flows carry", file=sys.stderr)
     store = None if args.no_store else _open_store(args.store)
     try:
         with Outputs() as outputs:  # every output file in place only if all of them succeed
@@ -214,9 +260,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 violations_path=args.violations, violations_format=args.violations_format,
                 rules_path=args.rules, dead_letter_path=args.dead_letter,
                 policies_dir=args.policies, baseline_dir=args.save_baseline,
-                progress=sys.stderr.isatty(), outputs=outputs,
+                progress=args.progress, progress_every=args.progress_every, outputs=outputs,
             )
-            if args.report:
+            if args.report and summary.flows:
                 from pipeline.commands.report import build_report, inputs_from_summary
 
                 page = build_report(store, QueryFilter(), inputs=inputs_from_summary(summary))
@@ -224,6 +270,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     finally:
         if store is not None:
             store.close()
+    if not summary.flows:  # the outputs are in place: the dead letters say why
+        raise InputError(nothing_accepted(summary, args.dead_letter, args.format))
     truth = None
     if args.truth:
         from pipeline.commands.evaluate import load_truth
@@ -234,6 +282,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
                                   "policies": args.policies, "dead letters": args.dead_letter,
                                   "baseline": args.save_baseline, "report": args.report})
     return 0
+
+
+def nothing_accepted(summary: Any, dead_letter: Path | None, fmt: str = "auto") -> str:
+    """The one line for a replay that accepted no flow at all."""
+    if not summary.records:
+        read_as = f" read as {fmt}" if fmt != "auto" else ""
+        return (f"no flow record found in {summary.files} file(s){read_as}, nothing accepted: "
+                "check --format")
+    reasons = ", ".join(f"{k} {v:,}" for k, v in summary.reject_reasons.most_common(3)) or (
+        "all skipped")
+    where = f"rejects in {dead_letter}" if dead_letter else "see them with --dead-letter FILE"
+    return (f"none of the {summary.records:,} records was accepted ({reasons}): check --format "
+            f"and --fields; {where}")
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -353,6 +414,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 COMMANDS = {"replay": cmd_replay, "generate": cmd_generate, "demo": cmd_demo,
             "migrate": cmd_migrate, "query": cmd_query, "report": cmd_report, "worker": cmd_worker}
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("segflow")
+    except metadata.PackageNotFoundError:  # pragma: no cover - source tree without install
+        return "(not installed)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

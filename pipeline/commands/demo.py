@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -37,7 +36,7 @@ def run_demo(out: Path, store_url: str | None, seed: int) -> int:
             rules_path=results / "candidate-rules.jsonl",
             dead_letter_path=results / "dead-letter.jsonl",
             policies_dir=results / "policies",
-            progress=sys.stderr.isatty(),
+            progress="auto",
         )
         top = store.query_rows(
             "SELECT concat(src_namespace, '/', src_app), concat(dst_namespace, '/', dst_app), "

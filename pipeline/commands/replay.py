@@ -5,11 +5,19 @@ key made from the input's content (:func:`content_key`), not its path, so replay
 flows again — from the same file or a copy anywhere — replaces rather than doubles rows in
 the store. Output files are staged and put in place only when the whole run succeeded
 (:class:`~pipeline.storage.files.Outputs`).
+
+Identity: an end of a flow is named by the flow source when it carries identities (Hubble
+endpoints, GKE details in GCP logs, goflow2's Kubernetes fields, canonical
+``src_workload``/``dst_workload``) — that identity wins — otherwise by the inventory entry
+valid at the flow's time; internal addresses neither names become ``unknown:<ip>``. The
+inventory is optional for sources that carry identities; for the others replay refuses to
+run without a non-empty one, since every internal address would be unknown.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from collections import Counter
@@ -21,18 +29,23 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from pipeline.commands.progress import DEFAULT_EVERY, Progress
 from pipeline.core.columns import Reject
 from pipeline.core.inventory import Inventory
 from pipeline.core.ocsf import violation_formatter
 from pipeline.core.pipeline import BatchOutput, CoreSettings, Pipeline
 from pipeline.errors import InputError, StorageError
-from pipeline.sources import detect_format, get_parser
+from pipeline.sources import ALIASES, detect_format, get_parser
 from pipeline.sources.base import open_binary, parse_file
 from pipeline.storage.background import BackgroundWriter
 from pipeline.storage.files import Outputs
 
 STORE_ROWS = 200_000  # edge-minute rows buffered before one insert
+# formats whose records can name the workload at each end (see the module docstring)
+IDENTITY_FORMATS = frozenset({"hubble", "gcp-vpc", "goflow2", "canonical"})
+INVENTORY_HINT = "pass --inventory FILE (JSONL or CSV of ip or cidr → app, namespace; see README)"
 
 
 @dataclass
@@ -59,37 +72,15 @@ class ReplaySummary:
     late_audit_flows: int = 0  # audit-phase flows that arrived after the audit had ended
     blocked_external_flows: int = 0
     policy_skipped: int = 0
+    inventory_entries: int = 0
+    source_identity_flows: int = 0  # flows the source named at least one end of
+    unidentified_flows: int = 0  # flows with an internal end nothing named (unknown:<ip>)
+    empty_files: list[Path] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def flows_per_second(self) -> float:
         return self.records / self.seconds if self.seconds > 0 else 0.0
-
-
-class Progress:
-    """A one-line progress display on a terminal (silent otherwise)."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.t0 = time.perf_counter()
-        self.last = 0.0
-
-    def update(self, name: str, records: int, violations: int, force: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if not force and now - self.last < 0.25:
-            return
-        self.last = now
-        rate = records / max(now - self.t0, 1e-9)
-        sys.stderr.write(
-            f"\r  {name[-40:]:<40} {records:>12,} flows  {rate:>10,.0f} flows/s  "
-            f"{violations:>6,} violations"
-        )
-        sys.stderr.flush()
-
-    def done(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
 
 
 def expand_inputs(paths: Iterable[Path]) -> list[Path]:
@@ -109,14 +100,21 @@ def expand_inputs(paths: Iterable[Path]) -> list[Path]:
     return out
 
 
-def resolve_format(path: Path, fmt: str) -> str:
+def _head(path: Path) -> bytes:
+    """The first bytes of the (decompressed) file that are not blank; b"" if all are."""
+    for chunk in open_binary(path):
+        if chunk.strip():
+            return chunk.lstrip()[:65536]
+    return b""
+
+
+def resolve_format(path: Path, fmt: str, head: bytes | None = None) -> str:
     """The format to parse ``path`` with: as given, or detected from its first bytes."""
     if fmt != "auto":
-        return fmt
-    head = b""
-    for chunk in open_binary(path):
-        head = chunk[:65536]
-        break
+        return ALIASES.get(fmt, fmt)
+    head = _head(path) if head is None else head
+    if not head:
+        raise InputError(f"{path}: the file is empty (no flow records)")
     detected = detect_format(head)
     if detected is None:
         raise InputError(
@@ -125,9 +123,60 @@ def resolve_format(path: Path, fmt: str) -> str:
     return detected
 
 
+def _plan(paths: list[Path], fmt: str, summary: ReplaySummary,
+          warn: Callable[[str], None]) -> list[tuple[Path, str]]:
+    """(file, format) to replay, in order; empty files are skipped with a warning, and an
+    input of nothing but empty files is an InputError."""
+    plan = []
+    for path in paths:
+        head = _head(path)
+        if not head:
+            summary.empty_files.append(path)
+            continue
+        plan.append((path, resolve_format(path, fmt, head)))
+    if not plan:
+        one = len(paths) == 1
+        raise InputError(f"{paths[0]} is empty: no flow records to replay" if one
+                         else f"all {len(paths)} input files are empty: no flow records to replay")
+    for path in summary.empty_files:
+        warn(f"{path} is empty: skipped")
+    return plan
+
+
+def _refuse_without_identities(plan: list[tuple[Path, str]], why: str) -> None:
+    """With no usable inventory, every file's format must be able to name workloads."""
+    for path, name in plan:
+        if name not in IDENTITY_FORMATS:
+            raise InputError(f"{path}: {name} flows carry no workload identity and {why}; "
+                             f"{INVENTORY_HINT}")
+
+
+def _source_named(flows: pa.Table) -> int:
+    """Rows whose source named the workload of at least one end."""
+    n = flows.num_rows
+    if flows.column("src_app").null_count == n and flows.column("dst_app").null_count == n:
+        return 0
+    named = pc.or_(pc.is_valid(flows.column("src_app")), pc.is_valid(flows.column("dst_app")))
+    return int(pc.sum(named).as_py() or 0)
+
+
+def _unidentified(edge_minutes: pa.Table) -> int:
+    """Flows in an edge-minute batch with an end that nothing named (``unknown:<ip>``)."""
+    if not edge_minutes.num_rows:
+        return 0
+    unknown = pc.or_(pc.starts_with(edge_minutes.column("src_app"), "unknown:"),
+                     pc.starts_with(edge_minutes.column("dst_app"), "unknown:"))
+    picked = pc.filter(edge_minutes.column("flows"), unknown)
+    return int(pc.sum(picked).as_py() or 0)
+
+
+def _stderr_warning(message: str) -> None:
+    print(f"segflow: warning: {message}", file=sys.stderr, flush=True)
+
+
 def replay(
     paths: Iterable[Path],
-    inventory: Inventory,
+    inventory: Inventory | None,
     settings: CoreSettings,
     *,
     fmt: str = "auto",
@@ -138,16 +187,20 @@ def replay(
     dead_letter_path: Path | None = None,
     policies_dir: Path | None = None,
     baseline_dir: Path | None = None,
-    progress: bool = False,
+    progress: str = "off",
+    progress_every: float = DEFAULT_EVERY,
     violations_format: str = "segflow",
     on_batch: Callable[[BatchOutput], None] | None = None,
     outputs: Outputs | None = None,
+    warn: Callable[[str], None] = _stderr_warning,
 ) -> ReplaySummary:
     """Replay flow files through the core; write to the store and the requested files.
 
     The files are staged in ``outputs`` (the caller commits them, e.g. after more outputs of
     the same run) or, without it, put in place when the replay returns; a replay that raises
-    leaves every existing output file as it was.
+    leaves every existing output file as it was. ``inventory`` None or empty: allowed only
+    when the flows name their workloads (InputError otherwise, before anything is written).
+    ``progress``: auto, bar, log, off.
     """
     if outputs is None:
         with Outputs() as own:
@@ -155,11 +208,25 @@ def replay(
                           store=store, violations_path=violations_path, rules_path=rules_path,
                           dead_letter_path=dead_letter_path, policies_dir=policies_dir,
                           baseline_dir=baseline_dir, progress=progress,
-                          violations_format=violations_format, on_batch=on_batch, outputs=own)
+                          progress_every=progress_every, violations_format=violations_format,
+                          on_batch=on_batch, outputs=own, warn=warn)
     paths = expand_inputs(paths)
     summary = ReplaySummary(files=len(paths))
+
+    def warning(message: str) -> None:
+        summary.warnings.append(message)
+        warn(message)
+
+    plan = _plan(paths, fmt, summary, warning)
+    why = ("no --inventory was given" if inventory is None
+           else "the inventory is empty" if len(inventory) == 0 else "")
+    if why:
+        _refuse_without_identities(plan, why)
+    if inventory is None:
+        inventory = Inventory(internal_cidrs=settings.internal_cidrs)
+    summary.inventory_entries = len(inventory)
     core = Pipeline(settings, inventory)
-    bar = Progress(progress)
+    bar = Progress(progress, [os.path.getsize(p) for p, _ in plan], every=progress_every)
     t0 = time.perf_counter()
     pending: list[pa.Table] = []
     pending_rows = 0
@@ -181,6 +248,7 @@ def replay(
         summary.rules.extend(out.rules)
         if out.edge_minutes.num_rows:
             summary.edge_minute_rows += out.edge_minutes.num_rows
+            summary.unidentified_flows += _unidentified(out.edge_minutes)
             pending.append(out.edge_minutes)
             pending_rows += out.edge_minutes.num_rows
             if pending_rows >= STORE_ROWS:
@@ -202,33 +270,46 @@ def replay(
         if dead and rejects:
             dead.write(rejects)
 
+    checked = not why  # with no inventory, the first flows must show the source names workloads
     try:
-        for path in paths:
-            name = resolve_format(path, fmt)
+        for path, name in plan:
             parser = get_parser(name, **(format_options or {}))
             seed = content_seed(name, format_options)
             source_id = ""
-            for result in parse_file(path, parser, seed=seed):
+            bar.next_file(path)
+            for result in parse_file(path, parser, seed=seed, on_read=bar.read):
                 summary.records += result.records_in
                 reject(result.rejects)
+                named = _source_named(result.flows) if result.flows.num_rows else 0
+                if not checked and result.flows.num_rows:
+                    if not named:
+                        raise InputError(f"{path}: its {name} flows name no workload and {why}; "
+                                         f"{INVENTORY_HINT}")
+                    checked = True
+                summary.source_identity_flows += named
                 source_id = source_id or content_source_id(result.content_key)
                 out = core.process(result.flows, source_id=source_id,
                                    block=content_block(result.content_key),
                                    version=result.flows.num_rows)
                 summary.flows += result.flows.num_rows
                 take(out)
-                bar.update(path.name, summary.records, len(summary.violations))
+                newest = (pc.max(result.flows.column("start")).as_py()
+                          if result.flows.num_rows else None)
+                bar.update(flows=summary.flows, violations=len(summary.violations),
+                           event_time=newest)
         take(core.flush())
         flush_store()
         if writer is not None:
             writer.close()  # all rows stored (or the first write error raised) before summary
             writer = None
+        bar.update(flows=summary.flows, violations=len(summary.violations), event_time=None)
+        bar.close()
     finally:
         if writer is not None:  # an input error stopped the replay: still finish queued writes
             with contextlib.suppress(StorageError):
                 writer.close()
-        bar.update("done", summary.records, len(summary.violations), force=True)
-        bar.done()
+        if bar.mode == "bar":
+            bar.close()
     summary.seconds = time.perf_counter() - t0
     summary.audit_flows = core.counts["audit_flows"]
     summary.enforce_flows = core.counts["enforce_flows"]

@@ -17,6 +17,18 @@ def _line(label: str, value: object) -> str:
     return f"  {label:<22} {value}"
 
 
+def identity_text(s: ReplaySummary) -> str:
+    """Where workload identities came from, and how many flows had an end nothing named."""
+    parts = [f"{s.inventory_entries:,} inventory entries" if s.inventory_entries
+             else "no inventory"]
+    if s.source_identity_flows:
+        parts.append(f"the source named {s.source_identity_flows:,} flows"
+                     + (" (it wins over the inventory)" if s.inventory_entries else ""))
+    share = f" ({s.unidentified_flows / s.flows:.1%})" if s.flows else ""
+    parts.append(f"{s.unidentified_flows:,} flows{share} had an internal end with no identity")
+    return "; ".join(parts)
+
+
 def print_replay_summary(
     s: ReplaySummary,
     *,
@@ -32,6 +44,9 @@ def print_replay_summary(
     if s.reject_reasons:
         reasons = ", ".join(f"{k} {v:,}" for k, v in s.reject_reasons.most_common(5))
         print(_line("rejected by reason", reasons))
+    if s.empty_files:
+        print(_line("empty files", f"{len(s.empty_files)} skipped"))
+    print(_line("identity", identity_text(s)))
     print(_line("throughput", f"{s.flows_per_second:,.0f} records/s ({s.seconds:.1f} s)"))
     if s.audit_start is not None and s.audit_end is not None:
         print(_line("audit phase", f"{iso(s.audit_start)} → {iso(s.audit_end)} "
@@ -87,4 +102,4 @@ def print_replay_summary(
             print(_line(name, f"{path}{extra}"))
 
 
-__all__ = ["print_replay_summary"]
+__all__ = ["identity_text", "print_replay_summary"]

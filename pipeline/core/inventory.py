@@ -321,7 +321,10 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 def load_inventory(
     path: Path, *, internal_cidrs: Iterable[str] = DEFAULT_INTERNAL_CIDRS
 ) -> Inventory:
-    """Read a JSONL, JSON array or CSV inventory. Any bad entry → InputError naming its line."""
+    """Read a JSONL, JSON array or CSV inventory. Any bad entry → InputError naming its line.
+
+    An empty file gives an empty inventory: callers warn, and replay refuses it unless the
+    flows carry their own identities."""
     entries = []
     for n, rec in _records(path):
         if not isinstance(rec, dict):
@@ -330,8 +333,6 @@ def load_inventory(
             entries.append(entry_from_record(rec))
         except ValueError as exc:
             raise InputError(f"inventory {path}:{n}: {exc}") from exc
-    if not entries:
-        raise InputError(f"inventory {path} has no entries")
     return Inventory(entries, internal_cidrs=internal_cidrs)
 
 

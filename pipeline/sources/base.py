@@ -57,8 +57,11 @@ def rejects_from_rows(
     return out
 
 
-def open_binary(path: Path) -> Iterator[bytes]:
-    """Yield raw chunks of a plain or gzip file; unreadable files raise InputError."""
+def open_binary(path: Path, on_read: Callable[[int], None] | None = None) -> Iterator[bytes]:
+    """Yield raw chunks of a plain or gzip file; unreadable files raise InputError.
+
+    ``on_read(offset)`` gets the position reached in the file as stored (compressed) after
+    each chunk, for progress displays."""
     try:
         with path.open("rb") as fh:
             magic = fh.read(2)
@@ -67,20 +70,25 @@ def open_binary(path: Path) -> Iterator[bytes]:
     opener: Callable[..., object] = gzip.open if magic == b"\x1f\x8b" else open
     try:
         with opener(path, "rb") as fh:  # type: ignore[operator,attr-defined]
+            stored = getattr(fh, "fileobj", fh)  # gzip: the compressed file underneath
             while True:
                 chunk = fh.read(BLOCK_BYTES)  # type: ignore[attr-defined]
                 if not chunk:
                     return
+                if on_read is not None:
+                    on_read(stored.tell())
                 yield chunk
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise InputError(f"cannot read {path}: {exc}; is it a complete gzip or text file?") from exc
 
 
-def iter_line_blocks(path: Path) -> Iterator[tuple[bytes, int]]:
+def iter_line_blocks(
+    path: Path, on_read: Callable[[int], None] | None = None
+) -> Iterator[tuple[bytes, int]]:
     """Yield (block of whole lines, number of its first line, 1-based) from a file."""
     pending = b""
     line_no = 1
-    for chunk in open_binary(path):
+    for chunk in open_binary(path, on_read):
         data = pending + chunk
         cut = data.rfind(b"\n")
         if cut == -1:
@@ -96,11 +104,11 @@ def iter_line_blocks(path: Path) -> Iterator[tuple[bytes, int]]:
         yield pending, line_no
 
 
-def read_document(path: Path) -> bytes:
+def read_document(path: Path, on_read: Callable[[int], None] | None = None) -> bytes:
     """The whole (decompressed) file, for formats that are one JSON document."""
     parts: list[bytes] = []
     size = 0
-    for chunk in open_binary(path):
+    for chunk in open_binary(path, on_read):
         size += len(chunk)
         if size > MAX_DOCUMENT_BYTES:
             raise InputError(f"{path}: larger than {MAX_DOCUMENT_BYTES} bytes as one document")
@@ -108,8 +116,9 @@ def read_document(path: Path) -> bytes:
     return b"".join(parts)
 
 
-def parse_file(path: Path, parser: BlockParser, *, seed: bytes = b"") -> Iterator[ParseResult]:
-    """Run ``parser`` over a file block by block.
+def parse_file(path: Path, parser: BlockParser, *, seed: bytes = b"",
+               on_read: Callable[[int], None] | None = None) -> Iterator[ParseResult]:
+    """Run ``parser`` over a file block by block (``on_read``: see :func:`open_binary`).
 
     Each result carries a ``content_key``: SHA-256 chained over ``seed`` and the file's
     (decompressed) bytes up to the end of its block. It names the block by what was read,
@@ -119,14 +128,14 @@ def parse_file(path: Path, parser: BlockParser, *, seed: bytes = b"") -> Iterato
     source = str(path)
     chain = hashlib.sha256(seed)
     if parser.whole_document:
-        doc = read_document(path)
+        doc = read_document(path, on_read)
         chain.update(doc)
         result = parser.parse(doc, source, 1)
         result.content_key = chain.digest()
         yield result
         return
     with ThreadPoolExecutor(1, thread_name_prefix="segflow-hash") as hasher:
-        for block, first_line in iter_line_blocks(path):
+        for block, first_line in iter_line_blocks(path, on_read):
             # hashlib releases the GIL: the block is hashed while it is parsed
             hashed = hasher.submit(chain.update, block)  # block i's key covers blocks 0..i
             result = parser.parse(block, source, first_line)

@@ -133,6 +133,18 @@ class InventoryFeed:
                 raise BrokerError(f"reading inventory topic {self.topic} took over {timeout:g} s")
             await self.poll(500)
         log.info("inventory: %d entries (%d topic records)", len(self.entries), self.records)
+        self.warn_if_empty()
+
+    def warn_if_empty(self) -> bool:
+        """Log a warning when there is no entry at all (True then): only the identities the
+        flows carry name workloads, every other internal address becomes unknown."""
+        if self.entries:
+            return False
+        log.warning("inventory is empty (topic %s has no entries and no inventory_file seeds "
+                    "it): only identities the flows carry name workloads, other internal "
+                    "addresses become unknown:<ip>; publish one with "
+                    "`python -m pipeline.stream.inventory_topic FILE`", self.topic)
+        return True
 
     async def poll(self, timeout_ms: int) -> int:
         """Apply whatever arrived within ``timeout_ms``; returns records read."""
@@ -227,6 +239,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SegflowError as exc:
         print(f"segflow: error: {exc}", file=sys.stderr)
         return 2
+    if not n:
+        print(f"segflow: warning: {args.file} has no entries: nothing published",
+              file=sys.stderr)
     print(f"published {n} inventory entries to {args.topic or s.topics.inventory}")
     return 0
 
