@@ -6,15 +6,23 @@ STAMP   = $(VENV)/.installed
 
 .PHONY: demo test lint typecheck bench kafka-up kafka-down clean
 
+# Installs quietly, saying what it does; PYTHONWARNINGS hides setuptools' build-backend notices
+# (experimental ext-modules table, editable install) that are not about anything to fix here.
 $(STAMP): pyproject.toml pipeline/_flatjson.c
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	@test -x $(PY) || { echo "setup: creating the Python virtualenv $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	@echo "setup: installing segflow and its dependencies into $(VENV) (faust, chdb, pyarrow,"
+	@echo "       scikit-learn, plotly, test tools; building the C JSON decoder): 2-3 minutes"
+	@echo "       the first time, quick afterwards"
+	@PYTHONWARNINGS=ignore $(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	@PYTHONWARNINGS=ignore $(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@$(PY) -c "import pipeline._flatjson" 2>/dev/null \
+	  || echo "setup: no C compiler? the C JSON decoder was not built; parsing uses the slower path"
+	@echo "setup: done"
 	@touch $@
 
 ## demo: generate a synthetic estate, replay it into the embedded store (chdb), show results
 demo: $(STAMP)
-	$(VENV)/bin/segflow demo
+	@$(VENV)/bin/segflow demo
 
 ## test: lint, then the whole suite (starts a local Apache Kafka broker on 127.0.0.1)
 test: $(STAMP) lint
