@@ -487,7 +487,8 @@ def _uses_http(rule: Mapping[str, Any]) -> bool:
             or any(k not in TCP_WHEN_KEYS for k in whens))
 
 
-def _when_matches(cond: Mapping[str, Any], conn: Connection, internal: Sequence[Net]) -> bool | None:
+def _when_matches(cond: Mapping[str, Any], conn: Connection,
+                  internal: Sequence[Net]) -> bool | None:
     """None for keys a TCP connection does not carry (ignored)."""
     key = str(cond.get("key", ""))
     values, nots = cond.get("values"), cond.get("notValues")
