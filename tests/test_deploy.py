@@ -689,8 +689,27 @@ def _rules() -> list[dict[str, Any]]:
     ]
 
 
+def _decisions() -> list[dict[str, Any]]:
+    return [{"rule_id": r["id"], "status": r["status"], "actor": "alice",
+             "decided_at": "2026-01-06T10:00:00.000Z", "note": "", "version": 1}
+            for r in _rules() if r["status"] != "proposed"]
+
+
+def _simulation() -> list[dict[str, Any]]:
+    base = {"run_id": "sim-1", "ran_at": "2026-01-07T00:00:00.000Z",
+            "policy_source": "rules:accepted", "env": "", "window_from": "2026-01-05T00:00:00.000Z",
+            "window_to": "2026-01-06T00:00:00.000Z", "src_namespace": "shop", "src_app": "web",
+            "dst_namespace": "shop", "service_port": 8080, "proto": 6, "flows": 10, "bytes": 999,
+            "first_seen": "2026-01-05T00:01:00.000Z", "last_seen": "2026-01-05T03:00:00.000Z",
+            "version": 1}
+    return [{**base, "dst_app": "api", "verdict": "allowed", "plane": "", "reason": ""},
+            {**base, "dst_app": "cache", "verdict": "blocked", "plane": "networkpolicy",
+             "reason": "ingress of shop/cache is isolated"}]
+
+
 def test_events_follow_the_wire_schemas() -> None:
-    for kind, events in (("violation", _violations()), ("candidate_rule", _rules())):
+    for kind, events in (("violation", _violations()), ("candidate_rule", _rules()),
+                         ("rule_decision", _decisions()), ("simulation_result", _simulation())):
         schema = json.loads((REPO / "schemas" / f"{kind}.schema.json").read_text())
         for e in events:
             jsonschema.validate(e, schema)
@@ -710,6 +729,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
         s.write_edge_minutes(replay)
         s.write_violations(_violations())
         s.write_rules(_rules())
+        s.write_events("rule_status", _decisions())
+        s.write_events("simulation_results", _simulation())
         yield s
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from pipeline.core.detect import NEW_EDGE, NEW_PORT, SCAN, VOLUME, Agg
 from pipeline.core.enrich import SERVICE_PORTS
-from pipeline.core.intents import CandidateRule, Peer
+from pipeline.core.intents import CandidateRule, Peer, intent_dict
 from pipeline.core.workloads import WORLD, Workloads
 
 SCHEMA_VERSION = 1
@@ -93,6 +93,7 @@ def rule_event(rule: CandidateRule, version: int) -> dict[str, Any]:
         },
         "confidence": round(rule.confidence, 3),
         "status": rule.status,
+        "intent": intent_dict(rule),  # the complete intent, so a stored rule can be rendered
         "version": version,
     }
 

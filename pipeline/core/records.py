@@ -304,7 +304,7 @@ CANDIDATE_RULE = Record(
                fallback=From("app", "namespace_of")),
         Column("direction", pa.string(), LABEL, json=_enum("ingress", "egress")),
         Column("peer_kind", pa.string(), LABEL, path="peer.kind",
-               json=_enum("workload", "cidr", "world")),
+               json=_enum("workload", "namespace", "cidr", "world")),
         Column("peer", pa.string(), "String", convert="peer_text",
                doc="human text: 'ns/app', a CIDR or 'world'"),
         Column("peer_namespace", pa.string(), "String", path="peer.namespace", default="",
@@ -344,12 +344,74 @@ CANDIDATE_RULE = Record(
         Column("status", pa.string(), LABEL, default="proposed",
                json=_enum("proposed", "accepted", "rejected")),
         Field("notes", {"type": "array", "items": {"type": "string"}}, required=False),
+        Column("intent", pa.string(), "String", TEXT, default={}, convert="json_text",
+               json={"type": "object", "description": "the complete intent (protected "
+                     "workload with selector, env, service account and tier; peer; ports; "
+                     "provisional): what `segflow rules export` renders"},
+               required=False, doc="JSON object text (pipeline.core.intents.intent_dict)"),
         Column("version", pa.uint64(), "UInt64", default=0),
     ),
     order_by=("id",),
 )
 
-RECORDS: Final[tuple[Record, ...]] = (EDGE_MINUTE, VIOLATION, CANDIDATE_RULE)
+RULE_DECISION = Record(
+    table="rule_status",
+    event="rule_decision",
+    title="segflow rule decision",
+    description="A person's decision on a candidate rule (accept, reject, or back to "
+                "proposed), who made it and when. The latest decision per rule is its status.",
+    doc="Rule lifecycle: one row per decision, kept as history. A rule's status is the "
+        "decision with the greatest decided_at (argMax), proposed when it has none.",
+    fields=(
+        Column("rule_id", pa.string(), "String", json=_str(1)),
+        Column("status", pa.string(), LABEL, json=_enum("proposed", "accepted", "rejected")),
+        Column("actor", pa.string(), "String", json=_str(1, "who decided")),
+        Column("decided_at", TS_MS, DATETIME_MS, "Delta(8), ZSTD(1)",
+               doc="wall-clock time of the decision"),
+        Column("note", pa.string(), "String", TEXT, default=""),
+        Column("version", pa.uint64(), "UInt64", default=0),
+    ),
+    order_by=("rule_id", "decided_at"),
+)
+
+SIMULATION_RESULT = Record(
+    table="simulation_results",
+    event="simulation_result",
+    title="segflow simulation result",
+    description="What a rule set would have done to one observed edge over a time window: "
+                "its verdict, the plane that blocks it and why, and the traffic it carried.",
+    doc="Policy simulation results: one row per (run, edge). A run id hashes the policy set, "
+        "the window and the environment, so simulating the same again replaces its rows.",
+    fields=(
+        Column("run_id", pa.string(), "String", json=_str(1)),
+        Column("ran_at", TS_MS, DATETIME_MS, doc="wall-clock time of the run"),
+        Column("policy_source", pa.string(), "String",
+               json=_str(1, "'rules:accepted', 'rules:proposed' or the policy folder")),
+        Column("env", pa.string(), LABEL, default=""),
+        Column("window_from", TS_MS, DATETIME_MS),
+        Column("window_to", TS_MS, DATETIME_MS),
+        Column("src_namespace", pa.string(), LABEL, default=""),
+        Column("src_app", pa.string(), LABEL),
+        Column("dst_namespace", pa.string(), LABEL, default=""),
+        Column("dst_app", pa.string(), LABEL),
+        Column("service_port", pa.uint16(), "UInt16"),
+        Column("proto", pa.uint8(), "UInt8"),
+        Column("verdict", pa.string(), LABEL, json=_enum("allowed", "blocked")),
+        Column("plane", pa.string(), LABEL, default="",
+               json=_enum("", "networkpolicy", "istio")),
+        Column("reason", pa.string(), "String", TEXT, default=""),
+        Column("flows", pa.uint64(), "UInt64"),
+        Column("bytes", pa.uint64(), "UInt64"),
+        Column("first_seen", TS_MS, DATETIME_MS),
+        Column("last_seen", TS_MS, DATETIME_MS),
+        Column("version", pa.uint64(), "UInt64", default=0),
+    ),
+    order_by=("run_id", "src_namespace", "src_app", "dst_namespace", "dst_app", "service_port",
+              "proto"),
+)
+
+RECORDS: Final[tuple[Record, ...]] = (EDGE_MINUTE, VIOLATION, CANDIDATE_RULE, RULE_DECISION,
+                                      SIMULATION_RESULT)
 """Every output record, in migration order (a new table goes last)."""
 
 
@@ -482,6 +544,8 @@ __all__ = [
     "EDGE_MINUTE",
     "RECORDS",
     "REQUIRED",
+    "RULE_DECISION",
+    "SIMULATION_RESULT",
     "VIOLATION",
     "VIOLATION_TYPES",
     "Column",
