@@ -7,6 +7,7 @@ carries flows, throughput, the event time reached and the ETA; the last line say
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from typing import Any, TextIO
 
 MODES = ("auto", "bar", "log", "off")
 DEFAULT_EVERY = 30.0  # seconds between log lines
+BAR_FORMAT = "{desc} {percentage:3.0f}%|{bar:12}| {n_fmt}/{total_fmt} ETA {remaining}{postfix}"
 
 
 def resolve_mode(mode: str, stream: TextIO | None = None) -> str:
@@ -26,10 +28,11 @@ def resolve_mode(mode: str, stream: TextIO | None = None) -> str:
     return "bar" if stream.isatty() else "log"
 
 
-def _event_time(t: float | None) -> str:
+def _event_time(t: float | None, *, short: bool = False) -> str:
     if t is None:
         return "-"
-    return datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%d %H:%M" if short
+                                                      else "%Y-%m-%dT%H:%M:%SZ")
 
 
 def _duration(seconds: float) -> str:
@@ -67,9 +70,12 @@ class Progress:
         if self.mode == "bar":
             from tqdm import tqdm
 
+            # the size as shutil sees it (COLUMNS/LINES, the terminal, else 80x24): tqdm's own
+            # probe gives -1 on a pseudo-terminal of size 0 and then draws nothing
+            size = shutil.get_terminal_size()
             self._bar = tqdm(total=self.total, unit="B", unit_scale=True, unit_divisor=1024,
-                             file=self.stream, dynamic_ncols=True, leave=False,
-                             desc="replay")
+                             file=self.stream, ncols=size.columns, nrows=size.lines,
+                             leave=False, desc="replay", bar_format=BAR_FORMAT)
 
     @property
     def done_bytes(self) -> int:
@@ -83,8 +89,8 @@ class Progress:
         self.offset = 0
         self.name = path.name
         if self._bar is not None:
-            self._bar.set_description_str(f"{self.file_index + 1}/{len(self.sizes)} "
-                                          f"{self.name[-30:]}", refresh=False)
+            self._bar.set_description_str(f"{self.file_index + 1}/{len(self.sizes)}",
+                                          refresh=False)
             self._refresh_bar()
 
     def read(self, offset: int) -> None:
@@ -116,8 +122,9 @@ class Progress:
     # -- output ---------------------------------------------------------------------------
     def _refresh_bar(self) -> None:
         self._bar.n = self.done_bytes
-        self._bar.set_postfix_str(f"{self.flows:,} flows, {self.violations:,} violations, "
-                                  f"event time {_event_time(self.event_time)}", refresh=False)
+        self._bar.set_postfix_str(f"{_event_time(self.event_time, short=True)}, "
+                                  f"{self.flows:,} flows, {self.violations:,} violations",
+                                  refresh=False)
         self._bar.refresh()
 
     def text(self, *, done: bool = False) -> str:
