@@ -121,7 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--rules", type=Path,
                    help="write candidate-rule events (JSONL) here (default: not written)")
     r.add_argument("--policies", type=Path,
-                   help="write NetworkPolicy YAML into this folder (default: not written)")
+                   help="write the candidate rules as policies (with the render report) into "
+                        "this folder (default: not written)")
+    from pipeline.policy import CLOUDS
+    from pipeline.policy import FORMATS as POLICY_FORMATS
+
+    r.add_argument("--policy-format", choices=POLICY_FORMATS, default="networkpolicy",
+                   help="plane of --policies (default %(default)s)")
+    r.add_argument("--policy-cloud", choices=CLOUDS,
+                   help="with --policy-format terraform: aws, gcp or azure")
     r.add_argument("--dead-letter", type=Path,
                    help="write rejected records (JSONL) here (default: only counted)")
     r.add_argument("--report", type=Path, metavar="HTML",
@@ -218,6 +226,35 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--output", "-o", choices=("table", "json", "csv"), default="table",
                    help="output format (default %(default)s)")
 
+    from pipeline.commands import rules as rules_cmd
+
+    rules_cmd.add_parser(sub, os.environ.get("SEGFLOW_STORE", DEFAULT_STORE))
+
+    sim = sub.add_parser("simulate", help="what a rule set would have blocked: evaluate "
+                         "policies against the stored traffic (or flow files)")
+    sim.add_argument("--store", default=os.environ.get("SEGFLOW_STORE", DEFAULT_STORE),
+                     help="chdb://PATH or http(s)://user:pass@host:port/db (default %(default)s)")
+    src = sim.add_mutually_exclusive_group(required=True)
+    src.add_argument("--policy", type=Path, metavar="DIR",
+                     help="NetworkPolicy / AuthorizationPolicy YAML files under this folder")
+    src.add_argument("--rules", choices=("accepted", "proposed", "all"),
+                     help="the store's candidate rules with this status, rendered for --plane")
+    sim.add_argument("--plane", choices=("networkpolicy", "istio"), default="networkpolicy",
+                     help="with --rules: the rendering to simulate (default %(default)s)")
+    sim.add_argument("--from", dest="start", type=_time_arg, default=None,
+                     help="event time from (epoch s or RFC 3339; default: everything)")
+    sim.add_argument("--to", dest="end", type=_time_arg, default=None,
+                     help="event time to, exclusive (default: everything)")
+    sim.add_argument("--env", help="only edges touching workloads of this environment")
+    sim.add_argument("--flows", type=Path, nargs="+",
+                     help="simulate these flow files instead of the store (needs --inventory)")
+    sim.add_argument("--inventory", type=Path,
+                     help="inventory: labels, service accounts and addresses of workloads")
+    sim.add_argument("--jsonl", type=Path, help="write every edge's verdict (JSONL) here")
+    sim.add_argument("--limit", type=int, default=30, help="blocked edges shown (default 30)")
+    sim.add_argument("--no-store-results", action="store_true",
+                     help="do not write the simulation_results table")
+
     w = sub.add_parser("worker", help="run the Kafka streaming worker (faust)")
     w.add_argument("--config", type=Path,
                    help="config file (TOML/JSON); env vars override (default: env vars only)")
@@ -259,7 +296,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 format_options={"fields": args.fields} if args.fields else None, store=store,
                 violations_path=args.violations, violations_format=args.violations_format,
                 rules_path=args.rules, dead_letter_path=args.dead_letter,
-                policies_dir=args.policies, baseline_dir=args.save_baseline,
+                policies_dir=args.policies, policy_format=args.policy_format,
+                policy_cloud=args.policy_cloud, baseline_dir=args.save_baseline,
                 progress=args.progress, progress_every=args.progress_every, outputs=outputs,
             )
             if args.report and summary.flows:
@@ -404,6 +442,23 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rules(args: argparse.Namespace) -> int:
+    from pipeline.commands.rules import run
+
+    args.store = _existing_store(args.store)
+    sys.stdout.write(run(args))
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from pipeline.commands.simulate import run
+
+    if not args.flows:
+        args.store = _existing_store(args.store)
+    sys.stdout.write(run(args))
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     try:
         from pipeline.stream.worker import run_worker
@@ -412,7 +467,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return run_worker(args.config, args.role)
 
 
-COMMANDS = {"replay": cmd_replay, "generate": cmd_generate, "demo": cmd_demo,
+COMMANDS = {"rules": cmd_rules, "simulate": cmd_simulate,
+            "replay": cmd_replay, "generate": cmd_generate, "demo": cmd_demo,
             "migrate": cmd_migrate, "query": cmd_query, "report": cmd_report, "worker": cmd_worker}
 
 

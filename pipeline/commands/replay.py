@@ -186,6 +186,8 @@ def replay(
     rules_path: Path | None = None,
     dead_letter_path: Path | None = None,
     policies_dir: Path | None = None,
+    policy_format: str = "networkpolicy",
+    policy_cloud: str | None = None,
     baseline_dir: Path | None = None,
     progress: str = "off",
     progress_every: float = DEFAULT_EVERY,
@@ -207,6 +209,7 @@ def replay(
             return replay(paths, inventory, settings, fmt=fmt, format_options=format_options,
                           store=store, violations_path=violations_path, rules_path=rules_path,
                           dead_letter_path=dead_letter_path, policies_dir=policies_dir,
+                          policy_format=policy_format, policy_cloud=policy_cloud,
                           baseline_dir=baseline_dir, progress=progress,
                           progress_every=progress_every, violations_format=violations_format,
                           on_batch=on_batch, outputs=own, warn=warn)
@@ -326,14 +329,15 @@ def replay(
         for fname, data in baseline_files(core, inputs=[str(p) for p in paths]).items():
             outputs.stage(baseline_dir / fname, data)
     if policies_dir is not None:
-        from pipeline.policy import render_networkpolicies, write_policies
+        from pipeline.policy import render, write_rendered
 
-        rendered = render_networkpolicies(core.candidate_rules())
+        rendered = render(policy_format, core.candidate_rules(), cloud=policy_cloud)
         summary.policy_skipped = len(rendered.skipped)
         target = policies_dir
 
         def write() -> None:
-            summary.policy_files = write_policies(rendered, target)
+            summary.policy_files = [p for p in write_rendered(rendered, target)
+                                    if not p.name.startswith("render-report.")]
 
         outputs.defer(write)
     return summary
