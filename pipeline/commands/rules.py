@@ -38,26 +38,29 @@ def add_parser(sub: Any, store_default: str) -> None:
     ls = acts.add_parser("list", help="candidate rules of the latest audit run")
     common(ls)
     ls.add_argument("--status", choices=STATUSES, help="only rules with this status")
-    ls.add_argument("--app", default="", help="only rules protecting this app ('ns/app')")
+    ls.add_argument("--app", default="",
+                    help="only rules protecting this app ('ns/app'; default: every app)")
     ls.add_argument("--env", help="only rules of this environment")
     sh = acts.add_parser("show", help="one rule: intent, evidence, decision")
     common(sh)
-    sh.add_argument("rule_id")
+    sh.add_argument("rule_id", help="a rule id from `segflow rules list`")
     for name, verb in (("accept", "accepted"), ("reject", "rejected")):
         a = acts.add_parser(name, help=f"mark rules {verb} (who and when are recorded)")
         common(a)
         a.add_argument("rule_ids", nargs="*", help="rule ids (see `segflow rules list`)")
         a.add_argument("--all-proposed", action="store_true",
                        help="every proposed rule of the latest audit run (optionally --app)")
-        a.add_argument("--app", default="", help="with --all-proposed: only this app")
+        a.add_argument("--app", default="",
+                       help="with --all-proposed: only this app (default: every app)")
         a.add_argument("--by", default=os.environ.get("USER", ""),
                        help="who decides (default: $USER)")
-        a.add_argument("--note", default="", help="why")
+        a.add_argument("--note", default="", help="why (default: no note)")
     d = acts.add_parser("diff", help="the latest audit run against the accepted rules")
     common(d)
     e = acts.add_parser("export", help="render rules for an enforcement plane")
     common(e)
-    e.add_argument("--format", required=True, choices=FORMATS, dest="fmt")
+    e.add_argument("--format", required=True, choices=FORMATS, dest="fmt",
+                   help="enforcement plane to render for")
     e.add_argument("--cloud", choices=CLOUDS, help="with --format terraform")
     e.add_argument("--out", type=Path, required=True, help="output folder")
     e.add_argument("--env", help="only rules of this environment (dev, staging, prod, ...)")
