@@ -551,6 +551,7 @@ class PolicySet:
     internal: tuple[Net, ...] = ()
     root_namespace: str = ROOT_NAMESPACE
     ignored: list[str] = field(default_factory=list)  # documents not simulated, and why
+    _np_by_ns: dict[str, list[NetworkPolicy]] | None = field(default=None, repr=False)
 
     @classmethod
     def from_documents(cls, docs: Iterable[tuple[str, Any]],
@@ -578,9 +579,14 @@ class PolicySet:
         return self.istio_verdict(conn)
 
     def networkpolicy_verdict(self, conn: Connection) -> Verdict:
+        if self._np_by_ns is None:  # a policy only ever selects pods of its own namespace
+            self._np_by_ns = {}
+            for p in self.networkpolicies:
+                self._np_by_ns.setdefault(p.namespace, []).append(p)
         for ep, direction, peer in ((conn.src, "egress", conn.dst),
                                     (conn.dst, "ingress", conn.src)):
-            selecting = [p for p in self.networkpolicies if p.selects(ep) and (
+            candidates = self._np_by_ns.get(ep.namespace, [])
+            selecting = [p for p in candidates if p.selects(ep) and (
                 p.egress_isolated if direction == "egress" else p.ingress_isolated)]
             if not selecting:
                 continue  # not isolated in this direction
