@@ -65,7 +65,7 @@ def store(store_url: StoreURL) -> Iterator[Store]:
 
 
 def _labels(prefix: str, codes: np.ndarray, k: int) -> pa.Array:
-    """Plain string column from a small vocabulary (fast for 1M rows)."""
+    """Plain string column from a small vocabulary."""
     return pa.array([f"{prefix}{i}" for i in range(k)]).take(pa.array(codes % k))
 
 
@@ -385,17 +385,3 @@ def test_retry_is_bounded_and_counted() -> None:
     with pytest.raises(ProgrammingError):
         call_with_retry(syntax, op="q", policy=policy, on_retry=hook, sleep=lambda s: None)
     assert len(seen) == 5  # not transient: no retry
-
-
-# -- throughput (measured, not asserted) ------------------------------------------------
-
-
-def test_edge_minute_insert_throughput(store: Store) -> None:
-    n = 1_000_000
-    table = edge_table(n)
-    started = time.perf_counter()
-    store.write_edge_minutes(table)
-    elapsed = time.perf_counter() - started
-    rate = n / elapsed
-    print(f"\nedge_minute insert via {store.url.scheme}: {rate:,.0f} rows/s ({elapsed:.2f}s)")
-    assert scalar(store, "SELECT count() FROM edge_minute") == n
