@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -250,7 +251,7 @@ def test_windows_equal_the_reference_whatever_the_batch_boundaries(
         flows: list[C], cuts: list[int], lateness: float, threshold: int) -> None:
     flows = sorted(flows, key=lambda f: f.start)
     bounds = [0, *sorted(c for c in cuts if c < len(flows)), len(flows)]
-    batches = [flows[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    batches = [flows[a:b] for a, b in pairwise(bounds)]
     w = ViolationWindows(window=H, lateness=lateness, scan_threshold=threshold)
     assert ours(feed(w, batches)) == reference(flows, H, threshold)
     assert len(w) == 0 and w.reopened_ == 0
