@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -164,6 +165,50 @@ def test_snapshot_restores_identical_behaviour():
     a.process(flows_table(recs[:half]))
     b = load_state(dump_state(a), settings, make_inventory(INV))
     rest = flows_table(recs[half:])
+    assert a.process(rest).violations + a.flush().violations == (
+        b.process(rest).violations + b.flush().violations)
+
+
+def test_advance_ends_the_audit_on_event_time_and_drains_closed_windows():
+    """Event time moving without flows (a streaming watermark) does what a batch would."""
+    core = Pipeline(CoreSettings(audit_days=1, audit_start=T0), make_inventory(INV))
+    core.start_audit(T0 + 99)  # already known from the settings: kept
+    assert core.audit_start == T0 and core.audit_end == T0 + DAY
+    core.process(flows_table(audit_traffic(days=1)))
+    assert core.advance(T0 + DAY - 1).rules == [] and not core.audit_ended
+    out = core.advance(T0 + DAY)
+    assert core.audit_ended and len(out.rules) == 4
+    assert core.end_audit() == [] and core.advance(T0 + DAY + 1).rules == []
+    t = T0 + DAY + 600
+    intrusion = core.process(flows_table([flow(t, "10.0.0.4", "10.0.0.2", 50000, 5432)]))
+    assert intrusion.violations == [] and core.drain_events() == []  # window still open
+    window_end = T0 + DAY + 3600
+    assert core.advance(window_end + 299).violations == []
+    [v] = core.advance(window_end + 300).violations  # window end + lateness
+    assert v["type"] == "new_edge" and core.counts["violations"] == 1
+    assert core.drain_events() == [] and core.flush().violations == []
+
+
+def plain(x: object) -> object:
+    """``x`` with numpy arrays as (dtype, list), for equality."""
+    if isinstance(x, dict):
+        return {k: plain(v) for k, v in x.items()}
+    if isinstance(x, np.ndarray):
+        return (str(x.dtype), x.tolist())
+    return x
+
+
+def test_state_round_trips_through_every_part():
+    recs = sorted(audit_traffic() + [flow(AFTER + i * 600, "10.0.0.4", "10.0.0.2", 50000, 5432)
+                                     for i in range(10)], key=lambda r: r["start"])
+    settings = CoreSettings(audit_days=4)
+    a = Pipeline(settings, make_inventory(INV))
+    a.process(flows_table(recs[:-6]))
+    b = Pipeline.from_state(a.state(), settings, make_inventory(INV))
+    assert plain(b.state()) == plain(a.state())
+    assert (b.audit_start, b.audit_ended, len(b.baseline), len(b.windows)) == (
+        a.audit_start, True, 2, 1)
+    rest = flows_table(recs[-6:])
     assert a.process(rest).violations + a.flush().violations == (
         b.process(rest).violations + b.flush().violations)
 
