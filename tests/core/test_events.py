@@ -19,7 +19,7 @@ from pipeline.core.events import (
     stable_id,
     violation_event,
 )
-from pipeline.core.intents import CandidateRule, Evidence, Peer, Workload
+from pipeline.core.intents import CandidateRule, Evidence, Peer, Workload, intent_dict
 from pipeline.core.workloads import WORLD, WorkloadInfo, Workloads
 
 W0 = 1_767_571_200.0  # 2026-01-05T00:00:00Z
@@ -164,7 +164,9 @@ def test_rule_event() -> None:
         id="r-1", app=Workload("shop", "db", "pod", (("app", "db"),)), direction="ingress",
         peer=Peer("world", cidr="0.0.0.0/0", except_cidrs=("10.0.0.0/8",)), proto=17,
         ports=(53, 5353), evidence=Evidence(10, 2000, W0, W0 + 86_400, 2), confidence=0.87654)
-    assert rule_event(rule, 7) == {
+    e = rule_event(rule, 7)
+    assert e.pop("intent") == intent_dict(rule)  # the whole intent, for rendering later
+    assert e == {
         "schema_version": 1, "id": "r-1", "app": "shop/db", "namespace": "shop",
         "direction": "ingress",
         "peer": {"kind": "world", "namespace": None, "app": None, "selector": None,
