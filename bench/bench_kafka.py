@@ -153,10 +153,10 @@ async def stage_alone(config: dict[str, Any], role: str, expected: int
     worker = Worker(load_settings(None, **{**config, "role": role}), metrics)
     flows = config["topics"]["flows"]
     if role == "ingest":
-        first = metrics.records_in.labels(next(iter(config["topics"]["raw"])))
+        first = metrics.records_in.labels("ingest", next(iter(config["topics"]["raw"])))
         last = metrics.records_out.labels(flows)
     else:
-        first = last = metrics.records_in.labels(flows)
+        first = last = metrics.records_in.labels("stateful", flows)
     await worker.start()
     tune_gc()
     try:
@@ -219,9 +219,9 @@ async def worker_rate(bootstrap: str, topic: str, inventory: Path, cfg: Generate
     settings = load_settings(None, **{**config, "role": "stateful" if split else "all"})
     metrics = Metrics()
     worker = Worker(settings, metrics)
-    applied = metrics.records_in.labels(settings.topics.flows)
+    applied = metrics.records_in.labels("stateful", settings.topics.flows)
     stored = metrics.rows_stored.labels("edge_minute")
-    raw_in = metrics.records_in.labels(topic)
+    raw_in = metrics.records_in.labels("ingest", topic)
     await worker.start()
     tune_gc()  # as `segflow worker` does once started
     try:

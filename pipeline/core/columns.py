@@ -57,6 +57,20 @@ class Reject:
     source: str = ""  # file:line or topic/partition@offset
 
 
+DEAD_LETTER_REASONS: tuple[str, ...] = (
+    # any format
+    "bad_json", "bad_record", "missing_field", "bad_type", "bad_time", "time_order",
+    "time_range", "bad_ip", "bad_proto", "port_range", "negative_counter", "bad_tuple",
+    # a block that is not the declared format
+    "not_aws_vpc", "not_azure_flow_log", "not_gcp_vpc", "not_goflow2", "not_hubble",
+    "not_suricata", "not_zeek", "not_zeek_conn",
+    # Kafka messages
+    "empty_message", "too_large",
+)
+"""Every :attr:`Reject.reason` a parser or the ingest stage can give (a test checks the code
+against it): metrics start each at 0, so a first dead letter is a rate, not a new series."""
+
+
 def empty_flows() -> pa.Table:
     """An empty, correctly typed flow table."""
     return FLOW_SCHEMA.empty_table()

@@ -238,7 +238,7 @@ class IngestStage:
             out.commit[tp] = records[-1].offset + 1
             self.next_offset[tp] = records[-1].offset + 1
             self.last_data[tp] = now
-            self.metrics.records_in.labels(tp.topic).inc(block.records_in)
+            self.metrics.records_in.labels("ingest", tp.topic).inc(block.records_in)
             for rej in block.rejects:
                 out.dead.append(self._dead_letter(tp, rej))
             n = block.flows.num_rows

@@ -170,7 +170,7 @@ class InventoryFeed:
                 e = entry_from_record(orjson.loads(value))
             except (ValueError, UnicodeDecodeError) as exc:
                 log.warning("inventory topic: skipping record %r: %s", key, exc)
-                self.metrics.dead_letters.labels("bad_inventory").inc()
+                self.metrics.inventory_rejects.inc()
                 continue
             updated[e.key] = e
             removed.discard(e.key)

@@ -1,11 +1,24 @@
 """Prometheus metrics of one worker (own registry, so tests can run several in a process).
 
-Served on ``metrics_port`` (``/metrics``); every name starts with ``segflow_``.
+Served on ``metrics_port`` (``/metrics``); every name starts with ``segflow_``, the process's
+CPU and memory included (``segflow_process_cpu_seconds_total``,
+``segflow_process_resident_memory_bytes``, ...). Labelled series whose values are known in
+advance (dead-letter reasons, stages) exist at 0 from the start, so rates and ratios over them
+are defined before the first event.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    start_http_server,
+)
+
+from pipeline.core.columns import DEAD_LETTER_REASONS
 
 _BATCH_BUCKETS = (1, 10, 100, 1_000, 5_000, 20_000, 50_000, 100_000, 250_000, 1_000_000)
 _SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -16,8 +29,10 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry if registry is not None else CollectorRegistry()
-        self.records_in = Counter("segflow_records_in", "Records read, per topic",
-                                  ["topic"], registry=r)
+        # stage: ingest counts raw records, stateful the flows it applies from the internal
+        # topic; in role=all both run, so "records read" is the ingest stage's only
+        self.records_in = Counter("segflow_records_in", "Records read, per stage and topic",
+                                  ["stage", "topic"], registry=r)
         self.records_out = Counter("segflow_records_out", "Records produced, per topic",
                                    ["topic"], registry=r)
         self.batch_records = Histogram("segflow_batch_records", "Records per batch, per stage",
@@ -26,8 +41,14 @@ class Metrics:
                                        ["stage"], buckets=_SECONDS_BUCKETS, registry=r)
         self.lag = Gauge("segflow_consumer_lag", "Messages behind the partition's end",
                          ["group", "topic", "partition"], registry=r)
-        self.dead_letters = Counter("segflow_dead_letter", "Rejected raw records, by reason",
+        self.dead_letters = Counter("segflow_dead_letter",
+                                    "Raw records sent to the dead-letter topic, by reason",
                                     ["reason"], registry=r)
+        for reason in DEAD_LETTER_REASONS:
+            self.dead_letters.labels(reason)
+        self.inventory_rejects = Counter("segflow_inventory_rejects",
+                                         "Inventory-topic records skipped as unreadable",
+                                         registry=r)
         self.violations = Counter("segflow_violations", "Violation events emitted",
                                   ["type", "severity"], registry=r)
         self.rules = Counter("segflow_candidate_rules", "Candidate-rule events emitted",
@@ -38,6 +59,7 @@ class Metrics:
         self.duplicates = Counter("segflow_duplicate_rows_dropped",
                                   "Rows dropped because their raw offset was already applied",
                                   registry=r)
+        ProcessCollector(namespace="segflow", registry=r)  # CPU seconds, RSS, open fds
         self.storage_errors = Counter("segflow_storage_errors",
                                       "Store writes that failed (then retried)", registry=r)
         self.storage_retries = Counter("segflow_storage_retries",

@@ -131,7 +131,7 @@ class StatefulStage:
         out = step.output
         self.sink.add(out.edge_minutes, out.violations, out.rules)
         await self.publisher.publish(out.violations, out.rules)
-        self.metrics.records_in.labels(self.settings.topics.flows).inc(step.rows)
+        self.metrics.records_in.labels("stateful", self.settings.topics.flows).inc(step.rows)
         if step.dropped:
             self.metrics.duplicates.inc(step.dropped)
         if step.audit_ended:

@@ -54,4 +54,4 @@ def test_feed_applies_updates_and_tombstones_to_live_inventories(tmp_path: Path)
     feed.apply([(key_text(entry_from_record(RECORDS[0])).encode(), None)])  # tombstone
     assert owner(inv, "10.1.0.7", T0 + 10) == "unknown:10.1.0.7"
     assert owner(feed.new_inventory(), "10.1.0.7", T0 + 7200) == "identity/auth"
-    assert feed.metrics.dead_letters.labels("bad_inventory")._value.get() == 2
+    assert feed.metrics.inventory_rejects._value.get() == 2
