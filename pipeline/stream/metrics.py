@@ -24,6 +24,13 @@ _BATCH_BUCKETS = (1, 10, 100, 1_000, 5_000, 20_000, 50_000, 100_000, 250_000, 1_
 _SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
+def _suppressed_lines() -> float:
+    from pipeline.stream.brokerlog import installed_limiter
+
+    limiter = installed_limiter()
+    return float(limiter.suppressed) if limiter is not None else 0.0
+
+
 class Metrics:
     """All of the worker's metrics."""
 
@@ -60,6 +67,14 @@ class Metrics:
                                   "Rows dropped because their raw offset was already applied",
                                   registry=r)
         ProcessCollector(namespace="segflow", registry=r)  # CPU seconds, RSS, open fds
+        self.broker_up = Gauge("segflow_broker_up",
+                               "1 while Kafka answers, 0 after a failed probe until it does",
+                               registry=r)
+        self.broker_up.set(1)
+        self.log_suppressed = Gauge("segflow_library_log_lines_suppressed",
+                                    "Library log lines held back by the rate limit (process)",
+                                    registry=r)
+        self.log_suppressed.set_function(_suppressed_lines)
         self.storage_errors = Counter("segflow_storage_errors",
                                       "Store writes that failed (then retried)", registry=r)
         self.storage_retries = Counter("segflow_storage_retries",

@@ -34,6 +34,7 @@ from pipeline.sources import FORMATS, get_parser
 from pipeline.storage import Store, open_store
 from pipeline.storage.url import RedactingFilter
 from pipeline.stream.app import create_app
+from pipeline.stream.brokerlog import BrokerWatch, install_limiter, installed_limiter
 from pipeline.stream.clients import (
     MAX_MESSAGE_BYTES,
     SNAPSHOT_CHUNK_BYTES,
@@ -89,6 +90,8 @@ class Worker:
         self.tasks: list[asyncio.Task[Any]] = []
         self.failed: BaseException | None = None
         self.done = asyncio.Event()
+        self.watch: BrokerWatch | None = None
+        self._unwatch: Any = None
 
     async def start(self) -> None:
         s, k = self.settings, self.settings.kafka
@@ -116,6 +119,12 @@ class Worker:
             await asyncio.wait_for(self.producer.start(), k.connect_timeout)
         except (KafkaError, OSError, TimeoutError) as exc:
             raise unreachable(k) from exc
+        limiter = installed_limiter()
+        self.watch = BrokerWatch(k.bootstrap, self.producer.client.fetch_all_metadata,
+                                 on_change=self.metrics.broker_up.set,
+                                 suppressed=lambda: limiter.suppressed if limiter else 0)
+        if limiter is not None:
+            self._unwatch = limiter.subscribe(self.watch.suspect)
         stateful, ingest = s.role in ("all", "stateful"), s.role in ("all", "ingest")
         if stateful:
             self.store = await asyncio.to_thread(open_store, s.store, migrate=True,
@@ -148,7 +157,8 @@ class Worker:
             self.app = create_app(s, self.stage, datadir=self.datadir)
             self.stage.ready.set()
             await self.app.start()
-        tasks: list[tuple[str, Any]] = [("inventory", self.feed.run()), ("ticker", self._ticker())]
+        tasks: list[tuple[str, Any]] = [("inventory", self.feed.run()), ("ticker", self._ticker()),
+                                        ("broker watch", self._watch_broker())]
         if self.ingest is not None:
             tasks.append(("ingest", self.ingest.run()))
         self.tasks = [asyncio.create_task(coro, name=name) for name, coro in tasks]
@@ -180,6 +190,12 @@ class Worker:
             if self.stage is not None:
                 await self.stage.tick()
             self._ingest_lag()
+
+    async def _watch_broker(self) -> None:
+        assert self.watch is not None
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            await self.watch.tick()
 
     def _ingest_lag(self) -> None:
         consumer = self.ingest.consumer if self.ingest else None
@@ -220,6 +236,8 @@ class Worker:
                 await coro
             except (Exception, asyncio.CancelledError) as exc:
                 log.warning("stopping %s: %r", name, exc)
+        if self._unwatch is not None:
+            self._unwatch()
         if self.store is not None:
             self.store.close()
         if self.datadir is not None:
@@ -277,6 +295,7 @@ def run_worker(config_path: Path | None, role: str | None = None) -> int:
     logging.getLogger("pipeline").setLevel(level)
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactingFilter())
+    install_limiter()  # aiokafka logs every failed attempt: ~200 lines/s in a broker outage
     try:
         return asyncio.run(serve(settings))
     except BrokerError:

@@ -17,6 +17,7 @@ from pipeline.core.pipeline import CoreSettings
 from pipeline.generate import GenerateConfig, write_estate
 from pipeline.stream.outputs import latest_by_id
 from tests.stream.harness import Totals, totals_of
+from tests.stream.own_broker import own_broker  # noqa: F401 - fixture for outage/soak tests
 
 ESTATE = GenerateConfig(seed=5, apps=6, days=9, audit_days=6, flows_per_day=6000)
 
