@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from pipeline.core.columns import FLOW_SCHEMA, NO_TCP_FLAGS
 from pipeline.core.normalize import MAX_EPOCH, MIN_EPOCH, canonical_ip
+from pipeline.core.text import MAX_IDENTITY_CHARS, has_unsafe_chars
 from pipeline.sources import FORMATS, get_parser
 from pipeline.sources.base import RAW_KEEP, ParseResult
 
@@ -58,6 +59,9 @@ def assert_sane(res: ParseResult) -> None:
         for col in ("meta", "src_labels", "dst_labels"):
             v = d[col][i]
             assert v is None or isinstance(orjson.loads(v), dict)
+        for col in ("src_app", "src_namespace", "dst_app", "dst_namespace"):
+            v = d[col][i]
+            assert v is None or (not has_unsafe_chars(v) and len(v) <= MAX_IDENTITY_CHARS)
 
 
 def parse(fmt: str, data: bytes) -> ParseResult:

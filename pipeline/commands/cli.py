@@ -492,9 +492,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SegflowError as exc:
         if os.environ.get("SEGFLOW_DEBUG"):
             raise
+        from pipeline.core.text import printable
         from pipeline.storage.url import redact
 
-        print(f"segflow: error: {redact(str(exc))}", file=sys.stderr)
+        print(f"segflow: error: {printable(redact(str(exc)))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("segflow: interrupted", file=sys.stderr)

@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from pipeline.core.text import printable
+
 MODES = ("auto", "bar", "log", "off")
 DEFAULT_EVERY = 30.0  # seconds between log lines
 BAR_FORMAT = "{desc} {percentage:3.0f}%|{bar:12}| {n_fmt}/{total_fmt} ETA {remaining}{postfix}"
@@ -87,7 +89,7 @@ class Progress:
             self.base += self.sizes[self.file_index]
         self.file_index += 1
         self.offset = 0
-        self.name = path.name
+        self.name = printable(path.name)  # file names may hold terminal control characters
         if self._bar is not None:
             self._bar.set_description_str(f"{self.file_index + 1}/{len(self.sizes)}",
                                           refresh=False)

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 from datetime import datetime
 from typing import Any
 
 import orjson
 import pyarrow as pa
 
+from pipeline.core.text import printable
 from pipeline.storage.queries import QueryFilter, run_view
 
 FORMATS = ("table", "json", "csv")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _MAX_CELL = 80
 
 
@@ -36,7 +35,7 @@ def _cell(value: Any) -> str:
         text = f"{value:.3g}"
     else:
         text = str(_plain(value))
-    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    text = printable(text)
     return text if len(text) <= _MAX_CELL else text[: _MAX_CELL - 1] + "…"
 
 

@@ -10,7 +10,14 @@ from typing import Any
 from pipeline.commands.evaluate import evaluate
 from pipeline.commands.replay import ReplaySummary
 from pipeline.core.events import iso
+from pipeline.core.text import printable
 from pipeline.storage.url import redact
+
+
+def _say(text: str = "") -> None:
+    """Print one line of the summary; names from inventories and flows can hold terminal
+    control characters, so every line is escaped."""
+    print(printable(text))
 
 
 def _line(label: str, value: object) -> str:
@@ -37,69 +44,69 @@ def print_replay_summary(
     outputs: Mapping[str, Path | None] | None = None,
 ) -> None:
     """Print what a user wants to see after a replay."""
-    print()
-    print("segflow replay")
-    print(_line("input", f"{s.files} file(s), {s.records:,} records, {s.flows:,} flows, "
+    _say()
+    _say("segflow replay")
+    _say(_line("input", f"{s.files} file(s), {s.records:,} records, {s.flows:,} flows, "
                          f"{s.rejected:,} rejected"))
     if s.reject_reasons:
         reasons = ", ".join(f"{k} {v:,}" for k, v in s.reject_reasons.most_common(5))
-        print(_line("rejected by reason", reasons))
+        _say(_line("rejected by reason", reasons))
     if s.empty_files:
-        print(_line("empty files", f"{len(s.empty_files)} skipped"))
-    print(_line("identity", identity_text(s)))
-    print(_line("throughput", f"{s.flows_per_second:,.0f} records/s ({s.seconds:.1f} s)"))
+        _say(_line("empty files", f"{len(s.empty_files)} skipped"))
+    _say(_line("identity", identity_text(s)))
+    _say(_line("throughput", f"{s.flows_per_second:,.0f} records/s ({s.seconds:.1f} s)"))
     if s.audit_start is not None and s.audit_end is not None:
-        print(_line("audit phase", f"{iso(s.audit_start)} → {iso(s.audit_end)} "
+        _say(_line("audit phase", f"{iso(s.audit_start)} → {iso(s.audit_end)} "
                                    f"({s.audit_flows:,} flows learned from)"))
-    print(_line("learned", f"{s.workloads:,} workloads, {s.edges:,} edges"
+    _say(_line("learned", f"{s.workloads:,} workloads, {s.edges:,} edges"
                            + (f", {s.saturated_workloads} workload(s) hit the edge bound"
                               if s.saturated_workloads else "")))
-    print(_line("after audit", f"{s.enforce_flows:,} flows checked"
+    _say(_line("after audit", f"{s.enforce_flows:,} flows checked"
                 + (f", {s.blocked_external_flows:,} rejected internet flows not alerted"
                    if s.blocked_external_flows else "")))
     if s.late_audit_flows:
-        print(_line("WARNING", f"{s.late_audit_flows:,} audit-phase flows arrived after the audit "
+        _say(_line("WARNING", f"{s.late_audit_flows:,} audit-phase flows arrived after the audit "
                                "ended and were not learned: pass files in time order"))
     by_type = Counter(v["type"] for v in s.violations)
     by_sev = Counter(v["severity"]["label"] for v in s.violations)
-    print(_line("violations", f"{len(s.violations):,}"
+    _say(_line("violations", f"{len(s.violations):,}"
                 + (" — " + ", ".join(f"{t} {n}" for t, n in sorted(by_type.items()))
                    if by_type else "")))
     if by_sev:
-        print(_line("by severity", ", ".join(f"{k} {by_sev[k]}" for k in
+        _say(_line("by severity", ", ".join(f"{k} {by_sev[k]}" for k in
                                              ("critical", "high", "medium", "low") if by_sev[k])))
     apps = {r["app"] for r in s.rules}
-    print(_line("candidate rules", f"{len(s.rules):,} for {len(apps):,} workloads"))
+    _say(_line("candidate rules", f"{len(s.rules):,} for {len(apps):,} workloads"))
     if truth is not None:
         ev = evaluate(s.violations, truth)
-        print()
-        print(f"ground truth: {len(ev.caught)}/{len(ev.caught) + len(ev.missed)} attack episodes "
+        _say()
+        _say(f"ground truth: {len(ev.caught)}/{len(ev.caught) + len(ev.missed)} attack episodes "
               f"caught (recall {ev.recall:.0%}), {len(ev.unexplained)} violation(s) not explained "
               f"by an attack, {ev.benign_episodes} benign churn episodes in the data")
         for ep in ev.caught:
-            print(f"  caught  {ep['type']:<18} {ep.get('src_workload')} → "
+            _say(f"  caught  {ep['type']:<18} {ep.get('src_workload')} → "
                   f"{ep.get('dst_workload') or 'several'}  by {', '.join(ep['types'])}")
         for ep in ev.missed:
-            print(f"  MISSED  {ep['type']:<18} {ep.get('src_workload')} → "
+            _say(f"  MISSED  {ep['type']:<18} {ep.get('src_workload')} → "
                   f"{ep.get('dst_workload') or 'several'}  expected {', '.join(ep['expected'])}")
         for v in ev.unexplained[:5]:
-            print(f"  unexplained {v['type']}: {v['reason']}")
+            _say(f"  unexplained {v['type']}: {v['reason']}")
     top = sorted(s.violations, key=lambda v: -v["severity"]["score"])[:5]
     if top and truth is None:
-        print()
-        print("top violations:")
+        _say()
+        _say("top violations:")
         for v in top:
-            print(f"  [{v['severity']['label']:>8}] {v['ts']}  {v['reason']}")
-    print()
+            _say(f"  [{v['severity']['label']:>8}] {v['ts']}  {v['reason']}")
+    _say()
     if store_url:
-        print(_line("store", f"{redact(store_url)} ({s.edge_minute_rows:,} edge-minute rows)"))
+        _say(_line("store", f"{redact(store_url)} ({s.edge_minute_rows:,} edge-minute rows)"))
     for name, path in (outputs or {}).items():
         if path is not None:
             extra = ""
             if name == "policies":
                 extra = f" ({len(s.policy_files)} files" + (
                     f", {s.policy_skipped} rules not expressible" if s.policy_skipped else "") + ")"
-            print(_line(name, f"{path}{extra}"))
+            _say(_line(name, f"{path}{extra}"))
 
 
 __all__ = ["identity_text", "print_replay_summary"]

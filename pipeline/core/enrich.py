@@ -199,24 +199,26 @@ def _source_identity(
         return None
     rows = np.flatnonzero(~np.asarray(pc.is_null(app)))
     taken = table.take(pa.array(rows))
-    key = pc.binary_join_element_wise(
-        taken.column(f"{side}_namespace").fill_null(""),
-        taken.column(f"{side}_app"),
-        taken.column(f"{side}_labels").fill_null(""),
-        "\x00",
-    ).combine_chunks()
-    enc = key.dictionary_encode()
-    lut = []
-    for k in enc.dictionary.to_pylist():
-        ns, name, labels = k.split("\x00")
+    # distinct (namespace, app, labels) triples from per-column codes: no separator that a
+    # value could contain
+    parts = [taken.column(f"{side}_{c}").fill_null("").combine_chunks().dictionary_encode()
+             for c in ("namespace", "app", "labels")]
+    codes = np.stack([np.asarray(p.indices, dtype=np.int64) for p in parts], axis=1)
+    uniq, first, inverse = np.unique(codes, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first)  # intern in order of first appearance
+    texts = [p.dictionary.to_pylist() for p in parts]
+    lut = np.zeros(len(uniq), dtype=np.int64)
+    for k in order:
+        i_ns, i_app, i_lab = uniq[k]
+        ns, name, labels = texts[0][i_ns], texts[1][i_app], texts[2][i_lab]
         lab: tuple[tuple[str, str], ...] = ()
         if labels:
             try:
                 lab = tuple(sorted((str(a), str(b)) for a, b in orjson.loads(labels).items()))
             except (orjson.JSONDecodeError, AttributeError):
                 lab = ()
-        lut.append(inventory.workloads.intern(WorkloadInfo(ns, name, "pod", labels=lab)))
-    return rows, np.asarray(lut, dtype=np.int64)[np.asarray(enc.indices)]
+        lut[k] = inventory.workloads.intern(WorkloadInfo(ns, name, "pod", labels=lab))
+    return rows, lut[inverse.reshape(-1)]
 
 
 def enrich(table: pa.Table, inventory: Inventory, orienter: Orienter) -> Enriched:

@@ -26,6 +26,7 @@ import orjson
 
 from pipeline.core.addresses import int_to_ip, network_to_int
 from pipeline.core.normalize import parse_time_text
+from pipeline.core.text import excerpt, identity_problem, labels_problem
 from pipeline.core.workloads import WORLD, WorkloadInfo, Workloads
 from pipeline.errors import InputError
 
@@ -82,17 +83,25 @@ def _labels(value: Any) -> tuple[tuple[str, str], ...]:
     raise ValueError("labels must be an object or 'k=v;k=v' text")
 
 
-def _time(value: Any, default: float) -> float:
+def _time(name: str, value: Any, default: float) -> float:
+    """Epoch seconds of ``valid_from``/``valid_to``; absent means open; NaN/inf are refused."""
     if value is None or value == "":
         return default
     if isinstance(value, bool):
-        raise ValueError("time must be epoch seconds or RFC 3339")
-    if isinstance(value, int | float):
-        return float(value)
-    t = parse_time_text(str(value))
+        raise ValueError(f"{name} must be epoch seconds or RFC 3339")
+    try:
+        t = float(value) if isinstance(value, int | float) else parse_time_text(str(value))
+    except OverflowError:
+        t = math.inf
     if t is None:
-        raise ValueError(f"time {value!r} is not epoch seconds or RFC 3339")
+        raise ValueError(f"{name} {excerpt(value)} is not epoch seconds or RFC 3339")
+    if not math.isfinite(t):
+        raise ValueError(f"{name} {excerpt(value)} is not a finite time; leave it out for an "
+                         "open interval")
     return t
+
+
+_IDENTITY_FIELDS = ("namespace", "app", "kind", "env", "service_account")
 
 
 def entry_from_record(rec: Mapping[str, Any]) -> InventoryEntry:
@@ -106,17 +115,24 @@ def entry_from_record(rec: Mapping[str, Any]) -> InventoryEntry:
     try:
         net, plen = network_to_int(str(where))
     except ValueError as exc:
-        raise ValueError(f"'{where}' is not an IP address or CIDR") from exc
+        raise ValueError(f"{excerpt(where)} is not an IP address or CIDR") from exc
+    for name in _IDENTITY_FIELDS:
+        value = rec.get(name)
+        if value is not None and (problem := identity_problem(name, str(value))):
+            raise ValueError(problem)
+    labels = _labels(rec.get("labels"))
+    if problem := labels_problem(dict(labels)):
+        raise ValueError(problem)
     info = WorkloadInfo(
         namespace=str(rec.get("namespace") or ""),
         app=str(app),
         kind=str(rec.get("kind") or "pod"),
         env=str(rec.get("env") or ""),
         service_account=str(rec.get("service_account") or ""),
-        labels=_labels(rec.get("labels")),
+        labels=labels,
     )
-    vf = _time(rec.get("valid_from"), -math.inf)
-    vt = _time(rec.get("valid_to"), math.inf)
+    vf = _time("valid_from", rec.get("valid_from"), -math.inf)
+    vt = _time("valid_to", rec.get("valid_to"), math.inf)
     if vt <= vf:
         raise ValueError("valid_to must be after valid_from")
     return InventoryEntry(net, plen, info, vf, vt)
@@ -299,8 +315,13 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             raise InputError(
                 f"inventory {path}: not JSONL and its CSV header has no 'ip' or 'cidr' column"
             )
-        for n, row in enumerate(reader, start=2):
-            yield n, {k: v for k, v in row.items() if v not in (None, "")}
+        n = 1
+        try:
+            for n, row in enumerate(reader, start=2):  # n names the failing row
+                yield n, {k: v for k, v in row.items() if v not in (None, "")}
+        except csv.Error as exc:
+            raise InputError(f"inventory {path}: the row after line {n} is not readable as CSV "
+                             f"({exc})") from exc
         return
     if text[:1] == b"[":
         try:

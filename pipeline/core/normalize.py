@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -26,6 +27,7 @@ from pipeline.core.columns import (
     FLOW_SCHEMA,
     NO_TCP_FLAGS,
 )
+from pipeline.core.text import MAX_IDENTITY_CHARS, MAX_LABELS, UNSAFE_RE2, labels_problem
 
 # Event times outside this window are rejected as implausible (2000-01-01 .. 2100-01-01).
 MIN_EPOCH = 946_684_800.0
@@ -271,12 +273,56 @@ def _text(arr: pa.Array | None, n: int) -> pa.Array:
     if pa.types.is_large_string(arr.type) or pa.types.is_dictionary(arr.type):
         return pc.cast(arr, pa.string())
     if pa.types.is_struct(arr.type) or pa.types.is_map(arr.type) or pa.types.is_list(arr.type):
-        import orjson
-
         return pa.array(
             [None if v is None else orjson.dumps(v).decode() for v in arr.to_pylist()], pa.string()
         )
     return pc.cast(arr, pa.string())
+
+
+IDENTITY_COLUMNS = ("src_app", "src_namespace", "src_labels", "dst_app", "dst_namespace",
+                    "dst_labels")
+
+
+def _identity_checks(name: str, text: pa.Array) -> list[tuple[np.ndarray, str, str]]:
+    """(rows, reason, detail) for identity values with control characters or over the length
+    bound (labels: JSON object text, every key and value checked). Checked once per distinct
+    value."""
+    if text.null_count == len(text):
+        return []
+    enc = text.dictionary_encode()
+    values = enc.dictionary
+    if name.endswith("_labels"):
+        codes = [_labels_code(v) for v in values.to_pylist()]
+        unsafe = np.array([c == "bad_identity" for c in codes] + [False])
+        long = np.array([c == "identity_too_long" for c in codes] + [False])
+        bad_text = f"'{name}' has a key or value with control characters"
+        long_text = (f"'{name}' has a key or value longer than {MAX_IDENTITY_CHARS} characters "
+                     f"or more than {MAX_LABELS} labels")
+    else:
+        unsafe = np.append(np.asarray(pc.match_substring_regex(values, UNSAFE_RE2), bool), False)
+        long = np.append(np.asarray(pc.greater(pc.utf8_length(values), MAX_IDENTITY_CHARS),
+                                    bool), False)
+        bad_text = f"'{name}' contains control characters"
+        long_text = f"'{name}' is longer than {MAX_IDENTITY_CHARS} characters"
+    if not (unsafe.any() or long.any()):
+        return []
+    idx = np.asarray(enc.indices.fill_null(len(values)), dtype=np.int64)
+    return [(unsafe[idx], "bad_identity", bad_text), (long[idx], "identity_too_long", long_text)]
+
+
+def _labels_code(text: str) -> str | None:
+    if len(text) > (MAX_IDENTITY_CHARS + 8) * 2 * MAX_LABELS:
+        return "identity_too_long"
+    try:
+        labels = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None  # not an object: enrichment ignores it
+    if not isinstance(labels, dict):
+        return None
+    problem = labels_problem(labels)
+    if problem is None:
+        return None
+    return "bad_identity" if "control characters" in problem else "identity_too_long"
 
 
 def normalize(
@@ -348,6 +394,10 @@ def normalize(
         counters[name] = v
     flags, ok_f = _ints(cols.get("tcp_flags"), n, NO_TCP_FLAGS)
     flag(~ok_f | (flags > 0x1FF) | (flags < NO_TCP_FLAGS), "bad_type", "'tcp_flags' is not 0..511")
+    for name in IDENTITY_COLUMNS:
+        if name in cols:
+            for mask, reason, detail in _identity_checks(name, _text(cols[name], n)):
+                flag(mask, reason, detail)
 
     good = ~bad
     keep = pa.array(good)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+from pipeline.core.text import printable
 from pipeline.errors import ConfigError
 
 DEFAULT_DATABASE = "segflow"
@@ -181,14 +182,15 @@ def check_chdb_dir(path: Path) -> None:
 
 class RedactingFilter(logging.Filter):
     """Logging filter (put it on handlers) that passes every record through :func:`redact`,
-    so a password a library echoes in a URL never reaches a log."""
+    so a password a library echoes in a URL never reaches a log, and escapes control
+    characters in the message (names from flows and inventories end up in log lines)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
         except (TypeError, ValueError):  # a library's bad format string: log it as is
             return True
-        clean = redact(message)
+        clean = printable(redact(message))
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:

@@ -30,6 +30,7 @@ from pipeline.config import KafkaSettings
 from pipeline.core.addresses import int_to_ip, network_to_int
 from pipeline.core.inventory import Inventory, InventoryEntry, entry_from_record, load_inventory
 from pipeline.core.normalize import parse_time_text
+from pipeline.core.text import excerpt
 from pipeline.errors import BrokerError, SegflowError
 from pipeline.stream.clients import ensure_topics, kafka_python_kwargs, unreachable
 from pipeline.stream.clients import inventory_topic as inventory_spec
@@ -167,9 +168,13 @@ class InventoryFeed:
                     removed.add(k)
                     updated.pop(k, None)
                     continue
-                e = entry_from_record(orjson.loads(value))
+                obj = orjson.loads(value)
+                if not isinstance(obj, dict):
+                    raise ValueError("an inventory record must be a JSON object")
+                e = entry_from_record(obj)
             except (ValueError, UnicodeDecodeError) as exc:
-                log.warning("inventory topic: skipping record %r: %s", key, exc)
+                log.warning("inventory topic: skipping record %s: %s",
+                            excerpt((key or b"").decode("utf-8", "replace")), exc)
                 self.metrics.inventory_rejects.inc()
                 continue
             updated[e.key] = e
