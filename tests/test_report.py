@@ -33,6 +33,9 @@ def stored(estate_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     with open_store(url, migrate=True) as store:
         summary = replay([estate_dir / "flows.jsonl.gz"], inv, CoreSettings(audit_days=10),
                          store=store)
+    sim = subprocess.run([sys.executable, "-m", "pipeline.commands.cli", "simulate", "--store",
+                          url, "--rules", "proposed"], capture_output=True, text=True, timeout=300)
+    assert sim.returncode == 0, sim.stderr
     return summary, url, out
 
 
@@ -78,7 +81,8 @@ def test_report_is_self_contained(report: Path):
     page = report.read_text(encoding="utf-8")
     assert "Content-Security-Policy" in page and "default-src 'none'" in page
     assert '<script src="http' not in page and '<link rel="stylesheet" href="http' not in page
-    for section in ('id="map"', 'id="violations"', 'id="audit"', 'id="coverage"', 'id="input"'):
+    for section in ('id="map"', 'id="violations"', 'id="audit"', 'id="coverage"', 'id="input"',
+                    'id="would-block"'):
         assert section in page
 
 
@@ -112,6 +116,8 @@ def test_report_renders_in_chromium(report: Path, browser) -> None:
     assert all(n > 0 for n in drawn.values()), drawn
     rows = browser.find_elements(By.CSS_SELECTOR, "#latest-violations tr")
     assert len(rows) > 1
+    blocked = browser.find_elements(By.CSS_SELECTOR, "#would-block tr")
+    assert len(blocked) > 1  # the attacks' new edges, blocked by the proposed rules
 
     # hovering an edge marker shows its evidence
     from selenium.webdriver.common.action_chains import ActionChains

@@ -230,6 +230,8 @@ def build_report(store: Any, flt: QueryFilter, *, title: str = "segflow report",
                                                     limit=100), notes)
     audit = _try(store, "audit-progress", big, notes)
     coverage = _try(store, "rule-coverage", big, notes)
+    blocked = _try(store, "would-block", QueryFilter(start=flt.start, end=flt.end, app=flt.app,
+                                                      limit=50), notes)
     charts: dict[str, str] = {}
     if edges:
         charts["map"] = _div(app_map_figure(edges), "map")
@@ -253,7 +255,7 @@ def build_report(store: Any, flt: QueryFilter, *, title: str = "segflow report",
     return template.render(
         title=title, generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         store=str(getattr(store, "url", "")), flt=flt, totals=totals, charts=charts,
-        latest=latest, coverage=coverage, inputs=inputs, notes=notes,
+        latest=latest, coverage=coverage, blocked=blocked, inputs=inputs, notes=notes,
         map_limit=MAP_EDGES, plotly_js=get_plotlyjs(),
     )
 

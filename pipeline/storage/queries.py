@@ -153,6 +153,19 @@ FROM (
 GROUP BY namespace, app
 ORDER BY coverage, flows DESC, namespace, app
 LIMIT {{limit:UInt32}}"""),
+        View("would-block", "simulation_results",
+             "edges the latest policy simulation would block, busiest first", f"""
+WITH latest AS (
+    SELECT run_id FROM simulation_results FINAL ORDER BY ran_at DESC, run_id LIMIT 1
+)
+SELECT src_namespace, src_app, dst_namespace, dst_app, service_port, proto, flows, bytes,
+       first_seen, last_seen, plane, reason, policy_source, env, window_from, window_to, run_id
+FROM simulation_results FINAL
+WHERE run_id IN (SELECT run_id FROM latest) AND verdict = 'blocked'
+  AND last_seen >= toDateTime64({{from:Float64}}, 3, 'UTC')
+  AND first_seen < toDateTime64({{to:Float64}}, 3, 'UTC') AND {_APP}
+ORDER BY flows DESC, src_namespace, src_app, dst_namespace, dst_app, service_port, proto
+LIMIT {{limit:UInt32}}"""),
     )
 }
 
