@@ -71,6 +71,7 @@ class ReplaySummary:
     saturated_workloads: int = 0
     late_audit_flows: int = 0  # audit-phase flows that arrived after the audit had ended
     blocked_external_flows: int = 0
+    local_scope_flows: int = 0  # broadcast/multicast/link-local: not learned, not alerted
     policy_skipped: int = 0
     inventory_entries: int = 0
     source_identity_flows: int = 0  # flows the source named at least one end of
@@ -318,6 +319,7 @@ def replay(
     summary.enforce_flows = core.counts["enforce_flows"]
     summary.late_audit_flows = core.counts["late_audit_flows"]
     summary.blocked_external_flows = core.counts["blocked_external_flows"]
+    summary.local_scope_flows = core.counts["local_scope_flows"]
     summary.edges = len(core.baseline)
     summary.workloads = len(core.workloads)
     summary.audit_start = core.audit_start

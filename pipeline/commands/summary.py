@@ -64,6 +64,9 @@ def print_replay_summary(
     _say(_line("after audit", f"{s.enforce_flows:,} flows checked"
                 + (f", {s.blocked_external_flows:,} rejected internet flows not alerted"
                    if s.blocked_external_flows else "")))
+    if s.local_scope_flows:
+        print(_line("local scope", f"{s.local_scope_flows:,} broadcast/multicast/link-local flows "
+                                   "(aggregated; not learned, not alerted)"))
     if s.late_audit_flows:
         _say(_line("WARNING", f"{s.late_audit_flows:,} audit-phase flows arrived after the audit "
                                "ended and were not learned: pass files in time order"))

@@ -38,6 +38,47 @@ def network_to_int(cidr: str) -> tuple[int, int]:
     return int(net.network_address), net.prefixlen
 
 
+# Local-scope destinations: not hosts, and not edges to learn or alert on as such.
+BROADCAST = "broadcast"
+MULTICAST = "multicast"
+LINK_LOCAL = "link-local"
+UNSPECIFIED = "unspecified"
+LOCAL_SCOPES = (BROADCAST, MULTICAST, LINK_LOCAL, UNSPECIFIED)
+
+
+def local_scope(addr: int) -> str | None:
+    """The local scope of an address (128-bit int as from :func:`ip_to_int`), or None.
+
+    Limited broadcast (255.255.255.255), multicast (224.0.0.0/4, ff00::/8), link-local
+    (169.254.0.0/16, fe80::/10) and "this network"/unspecified (0.0.0.0/8, ::).
+    A subnet-directed broadcast (10.1.2.255) cannot be told from the address alone without
+    the subnet's mask, so it is an ordinary address here.
+
+    >>> local_scope(ip_to_int("224.0.0.251")), local_scope(ip_to_int("169.254.169.254"))
+    ('multicast', 'link-local')
+    >>> local_scope(ip_to_int("10.0.0.1")) is None
+    True
+    """
+    if addr >> 32 == 0xFFFF:
+        v4 = addr & 0xFFFF_FFFF
+        if v4 == 0xFFFF_FFFF:
+            return BROADCAST
+        if v4 >> 28 == 0xE:
+            return MULTICAST
+        if v4 >> 16 == 0xA9FE:
+            return LINK_LOCAL
+        if v4 >> 24 == 0:
+            return UNSPECIFIED
+        return None
+    if addr >> 120 == 0xFF:
+        return MULTICAST
+    if addr >> 118 == 0x3FA:  # fe80::/10
+        return LINK_LOCAL
+    if addr == 0:
+        return UNSPECIFIED
+    return None
+
+
 def encode_ips(arr: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, list[int]]:
     """Dictionary-encode canonical IP strings: (index per row, distinct addresses as ints)."""
     if isinstance(arr, pa.ChunkedArray):
@@ -55,4 +96,5 @@ def encode_ips(arr: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, list[int]]:
     return np.asarray(enc.indices, dtype=np.int64), ints
 
 
-__all__ = ["encode_ips", "int_to_ip", "ip_to_int", "network_to_int"]
+__all__ = ["BROADCAST", "LINK_LOCAL", "LOCAL_SCOPES", "MULTICAST", "UNSPECIFIED", "encode_ips",
+           "int_to_ip", "ip_to_int", "local_scope", "network_to_int"]

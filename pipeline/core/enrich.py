@@ -1,12 +1,24 @@
 """Enrich a flow batch with workload identity and orient it client → server.
 
 Identity: the flow source's own identity (Hubble, GKE details) wins; otherwise the
-time-aware inventory at the flow's start time. Orientation (which end is the service)
-uses, in order: a pure SYN seen from the source;
-well-known service ports; privileged (< 1024) vs unprivileged ports; a listener already
-confirmed by a pure SYN; the ephemeral range
-(≥ 32768) vs the rest; the lower port; finally the destination. Ephemeral client ports
-therefore never become edges.
+time-aware inventory at the flow's start time. Broadcast, multicast, link-local and
+unspecified addresses the inventory does not list get their scope as identity and mark the
+flow *local* (not learned, not alerted).
+
+Orientation (which end is the service), strongest evidence first:
+
+1. a pure SYN seen from the source (the destination listens);
+2. a broadcast/multicast end (it is always the destination);
+3. a service-table port below the ephemeral range facing an ephemeral port (both agree);
+4. a listener already confirmed by a pure SYN on exactly one end;
+5. the ephemeral range (≥ 32768) on exactly one end: that end is the client;
+6. a service-table port below the ephemeral range, then a privileged (< 1024) port;
+7. a service-table port inside the ephemeral range (e.g. 50051): weak, used only when
+   both ends are ephemeral;
+8. the lower port; finally the destination.
+
+Ephemeral-range evidence and confirmed listeners win over a bare table match: a client whose
+ephemeral source port happens to equal a listed service port (50051) is still the client.
 """
 
 from __future__ import annotations
@@ -20,10 +32,10 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.core.addresses import encode_ips
+from pipeline.core.addresses import BROADCAST, LOCAL_SCOPES, MULTICAST, encode_ips
 from pipeline.core.columns import ACTION_REJECT, NO_TCP_FLAGS
 from pipeline.core.inventory import Inventory
-from pipeline.core.workloads import WorkloadInfo
+from pipeline.core.workloads import WorkloadInfo, Workloads
 
 TCP_SYN = 0x02
 TCP_ACK = 0x10
@@ -42,9 +54,13 @@ SERVICE_PORTS = np.array(
     ),
     dtype=np.int32,
 )
-_IS_SERVICE = np.zeros(65536, dtype=bool)
-_IS_SERVICE[SERVICE_PORTS] = True
 EPHEMERAL_FLOOR = 32768
+_IS_SERVICE = np.zeros(65536, dtype=bool)  # any table port
+_IS_SERVICE[SERVICE_PORTS] = True
+_IS_STRONG = _IS_SERVICE.copy()  # table ports below the ephemeral range
+_IS_STRONG[EPHEMERAL_FLOOR:] = False
+_IS_EPHEMERAL = np.zeros(65536, dtype=bool)
+_IS_EPHEMERAL[EPHEMERAL_FLOOR:] = True
 _LISTENERS_MAX = 1 << 20  # confirmed (address, port) listeners kept (cleared when full)
 
 
@@ -63,6 +79,7 @@ class Enriched:
     packets: np.ndarray
     rejected: np.ndarray  # bool
     swapped: np.ndarray  # bool: the record was server → client
+    local: np.ndarray  # bool: an end is broadcast/multicast/link-local/unspecified
     src_ip: pa.Array  # original columns, for evidence on the few flows that need it
     dst_ip: pa.Array
 
@@ -123,8 +140,12 @@ class Orienter:
         src_addr: np.ndarray,
         dst_addr: np.ndarray,
         addrs: list[int],
+        src_group: np.ndarray | None = None,
+        dst_group: np.ndarray | None = None,
     ) -> np.ndarray:
-        """True where the *source* is the server (the record must be swapped)."""
+        """True where the *source* is the server (the record must be swapped).
+
+        ``src_group``/``dst_group``: where that end is a broadcast or multicast address."""
         if not hasattr(self, "listeners_"):
             self.listeners_ = set()
         n = len(src_port)
@@ -140,12 +161,12 @@ class Orienter:
         pure_syn = known & ((flags & TCP_SYN) != 0) & ((flags & TCP_ACK) == 0)
         decide(pure_syn, False)
         self._learn(dst_addr[pure_syn], dst_port[pure_syn], addrs)
-        src_svc = _IS_SERVICE[src_port & 0xFFFF]  # ports are 0..65535 once normalised
-        dst_svc = _IS_SERVICE[dst_port & 0xFFFF]
-        decide(src_svc ^ dst_svc, src_svc)
-        src_priv = (src_port > 0) & (src_port < 1024)
-        dst_priv = (dst_port > 0) & (dst_port < 1024)
-        decide(src_priv ^ dst_priv, src_priv)
+        if src_group is not None and dst_group is not None:
+            decide(src_group ^ dst_group, src_group)
+        sp, dp = src_port & 0xFFFF, dst_port & 0xFFFF  # ports are 0..65535 once normalised
+        src_strong, dst_strong = _IS_STRONG[sp], _IS_STRONG[dp]
+        src_eph, dst_eph = _IS_EPHEMERAL[sp], _IS_EPHEMERAL[dp]
+        decide((src_strong & dst_eph) | (dst_strong & src_eph), src_strong)  # evidence agrees
         if self.listeners_ and not decided.all():
             open_rows = np.flatnonzero(~decided)
             src_l, dst_l = self._listening(src_addr[open_rows], src_port[open_rows],
@@ -155,9 +176,13 @@ class Orienter:
             s_l = np.zeros(n, dtype=bool)
             s_l[open_rows] = src_l
             decide(m, s_l)
-        src_eph = src_port >= EPHEMERAL_FLOOR
-        dst_eph = dst_port >= EPHEMERAL_FLOOR
         decide(src_eph ^ dst_eph, dst_eph)
+        decide(src_strong ^ dst_strong, src_strong)
+        src_priv = (src_port > 0) & (src_port < 1024)
+        dst_priv = (dst_port > 0) & (dst_port < 1024)
+        decide(src_priv ^ dst_priv, src_priv)
+        src_svc, dst_svc = _IS_SERVICE[sp], _IS_SERVICE[dp]
+        decide(src_svc ^ dst_svc, src_svc)
         decide((src_port != dst_port) & (src_port > 0) & (dst_port > 0), src_port < dst_port)
         return swap
 
@@ -221,6 +246,21 @@ def _source_identity(
     return rows, lut[inverse.reshape(-1)]
 
 
+_GROUP_KINDS = (BROADCAST, MULTICAST)
+
+
+_scope_cache: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (kind column, luts)
+
+
+def _scope_masks(workloads: Workloads, wids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(group, local) per row: broadcast/multicast identity, any local-scope identity."""
+    kind = workloads.column("kind")  # cached by the registry until it changes
+    if not _scope_cache or _scope_cache[0][0] is not kind:
+        _scope_cache[:] = [(kind, np.isin(kind, _GROUP_KINDS), np.isin(kind, LOCAL_SCOPES))]
+    _, group, local = _scope_cache[0]
+    return group[wids], local[wids]
+
+
 def enrich(table: pa.Table, inventory: Inventory, orienter: Orienter) -> Enriched:
     """Identity + orientation for a FLOW_SCHEMA table."""
     start = _np(table.column("start"))
@@ -239,7 +279,9 @@ def enrich(table: pa.Table, inventory: Inventory, orienter: Orienter) -> Enriche
     src_port = _np(table.column("src_port")).astype(np.int32)
     dst_port = _np(table.column("dst_port")).astype(np.int32)
     flags = _np(table.column("tcp_flags")).astype(np.int16)
-    swap = orienter.orient(src_port, dst_port, flags, src_idx, dst_idx, addrs)
+    group, local = _scope_masks(inventory.workloads, wids)
+    swap = orienter.orient(src_port, dst_port, flags, src_idx, dst_idx, addrs,
+                           group[:n], group[n:])
     return Enriched(
         start=start,
         end=_np(table.column("end")),
@@ -252,6 +294,7 @@ def enrich(table: pa.Table, inventory: Inventory, orienter: Orienter) -> Enriche
         packets=_np(table.column("packets")).astype(np.int64),
         rejected=_np(table.column("action")) == ACTION_REJECT,
         swapped=swap,
+        local=local[:n] | local[n:],
         src_ip=src_ip,
         dst_ip=dst_ip,
     )

@@ -8,7 +8,9 @@ the same time, the most specific prefix wins, then the latest ``valid_from``.
 Resolution is per distinct address: the address's entries are flattened once into a
 timeline of non-overlapping segments (cached, bounded), and flows are mapped onto those
 segments with one vectorized ``searchsorted``. Addresses no entry covers become
-``unknown:<ip>`` workloads when inside the internal CIDRs and ``world`` otherwise.
+``unknown:<ip>`` workloads when inside the internal CIDRs and ``world`` otherwise, except
+broadcast, multicast, link-local and unspecified addresses, which become the identity of
+their scope (``multicast``, …; kind = scope): not hosts, so not learned or alerted on.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from pipeline.core.addresses import int_to_ip, network_to_int
+from pipeline.core.addresses import int_to_ip, local_scope, network_to_int
 from pipeline.core.normalize import parse_time_text
 from pipeline.core.text import excerpt, identity_problem, labels_problem
 from pipeline.core.workloads import WORLD, WorkloadInfo, Workloads
@@ -194,6 +196,9 @@ class Inventory:
         return any(addr >> (128 - plen) == net >> (128 - plen) for net, plen in self._internal)
 
     def _fallback(self, addr: int) -> int:
+        scope = local_scope(addr)
+        if scope is not None:  # broadcast, multicast, link-local: a scope, not a host
+            return self.workloads.intern(WorkloadInfo("", scope, scope))
         if not self.is_internal(addr):
             return WORLD
         self.unknown_addresses += 1

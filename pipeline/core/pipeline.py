@@ -164,7 +164,10 @@ class Pipeline:
         in_audit = e.start < audit_end
         out.audit_flows = int(in_audit.sum())
         out.enforce_flows = len(e) - out.audit_flows
-        learn = in_audit & ~e.rejected
+        local = e.local  # broadcast/multicast/link-local: aggregated, never learned or alerted
+        if local.any():
+            self.counts["local_scope_flows"] += int(local.sum())
+        learn = in_audit & ~e.rejected & ~local
         if learn.any():
             if self.baseline.frozen_:
                 out.late_audit_flows = int(learn.sum())
@@ -174,7 +177,7 @@ class Pipeline:
         violating = np.zeros(len(e), dtype=bool)
         if out.enforce_flows:
             out.rules.extend(self.end_audit())
-            violating = self._score(e, keys, ~in_audit)
+            violating = self._score(e, keys, ~in_audit & ~local)
         out.edge_minutes = self._aggregate(e, keys, in_audit, violating, source_id, block, version)
         newest = float(e.start.max())
         self.windows.advance(newest if watermark is None else min(newest, watermark))
