@@ -137,7 +137,7 @@ def bench_config(bootstrap: str, topic: str, inventory: Path, cfg: GenerateConfi
                    "control": f"{prefix}-control",
                    "dead_letter": f"{prefix}-dlq", "violations": f"{prefix}-violations",
                    "candidate_rules": f"{prefix}-rules", "flows_partitions": partitions},
-        "audit": {"start": cfg.start, "days": cfg.audit_days},
+        "core": {"audit_start": cfg.start, "audit_days": cfg.audit_days},
         "store": f"chdb://{store}", "app_id": prefix, "metrics_port": 0,
         "inventory_file": str(inventory),
     }
@@ -165,8 +165,8 @@ async def stage_alone(config: dict[str, Any], role: str, expected: int
         t0, c0, b0 = time.perf_counter(), time.process_time(), broker_cpu_seconds()
         while last._value.get() < expected:
             await asyncio.sleep(0.01)
-        if worker.sink is not None:
-            await worker.sink.flush()
+        if worker.writer is not None:
+            await worker.writer.flush_async()
         b1 = broker_cpu_seconds()
         broker = (b1 - b0) if b0 is not None and b1 is not None else 0.0
         return (expected / (time.perf_counter() - t0),
@@ -235,8 +235,8 @@ async def worker_rate(bootstrap: str, topic: str, inventory: Path, cfg: Generate
                 if started > 0:
                     t0, c0, b0 = time.perf_counter(), time.process_time(), broker_cpu_seconds()
                     k0 = process_cpu_seconds(child.pid) if child else 0.0
-            if applied._value.get() >= expected and worker.sink is not None:
-                await worker.sink.flush()
+            if applied._value.get() >= expected and worker.writer is not None:
+                await worker.writer.flush_async()
                 break
         t1 = time.perf_counter()
         assert t0 is not None and stored._value.get() > 0

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.commands.replay import replay  # noqa: E402
 from pipeline.core.inventory import load_inventory  # noqa: E402
-from pipeline.core.pipeline import CoreSettings  # noqa: E402
+from pipeline.core.settings import CoreSettings  # noqa: E402
 from pipeline.generate import GenerateConfig, write_estate  # noqa: E402
 from pipeline.storage import open_store  # noqa: E402
 

@@ -26,7 +26,12 @@ class InputError(SegflowError):
 
 
 class StorageError(SegflowError):
-    """The store is unreachable or rejected a statement."""
+    """The store is unreachable or rejected a statement. ``transient``: retrying the same
+    request may succeed (network, overload, timeouts)."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class BrokerError(SegflowError):

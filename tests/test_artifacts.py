@@ -3,7 +3,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from pipeline.core.pipeline import CoreSettings, Pipeline
+from pipeline.core.pipeline import Pipeline
+from pipeline.core.settings import CoreSettings
 from pipeline.errors import InputError
 from pipeline.storage.artifacts import load_baseline, save_baseline
 from tests.conftest import DAY, T0, flow, flows_table, make_inventory

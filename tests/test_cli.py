@@ -19,7 +19,12 @@ def segflow(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
     [
         (["replay", "nope.jsonl", "--inventory", "missing.jsonl"], "cannot read inventory"),
         (["replay", "nope.jsonl", "--inventory", "INV"], "nope.jsonl: no such file"),
-        (["replay", "x", "--inventory", "INV", "--audit-days", "0"], "audit days must be"),
+        (["replay", "x", "--inventory", "INV", "--audit-days", "0"],
+         "argument --audit-days: must be in (0, 366], got 0; 30–90 is recommended"),
+        (["replay", "x", "--inventory", "INV", "--audit-start", "nan"],
+         "argument --audit-start: must be a finite number"),
+        (["replay", "x", "--inventory", "INV", "--max-edges", "1.5"],
+         "argument --max-edges: '1.5' is not an integer"),
         (["replay", "x", "--inventory", "INV", "--format", "pcap"], "invalid choice"),
         (["replay", "WRONG", "--inventory", "INV", "--no-store"], "cannot tell its flow format"),
         (["replay", "x", "--inventory", "INV", "--store", "ftp://x"], "store URL"),

@@ -13,7 +13,7 @@ import pytest
 from pipeline.commands.replay import replay
 from pipeline.commands.summary import identity_text
 from pipeline.core.inventory import Inventory, entry_from_record, load_inventory
-from pipeline.core.pipeline import CoreSettings
+from pipeline.core.settings import CoreSettings
 from pipeline.errors import InputError
 from pipeline.stream.inventory_topic import InventoryFeed
 from pipeline.stream.metrics import Metrics

@@ -14,7 +14,7 @@ from pipeline.commands.replay import replay
 from pipeline.config import TopicSettings
 from pipeline.core.inventory import load_inventory
 from pipeline.core.ocsf import to_ocsf, violation_formatter
-from pipeline.core.pipeline import CoreSettings
+from pipeline.core.settings import CoreSettings
 from tests.ocsf_schema import validate
 
 

@@ -11,7 +11,7 @@ import pytest
 from pipeline.commands.progress import Progress, resolve_mode
 from pipeline.commands.replay import replay
 from pipeline.core.inventory import load_inventory
-from pipeline.core.pipeline import CoreSettings
+from pipeline.core.settings import CoreSettings
 from tests.conftest import T0
 from tests.test_cli import segflow
 

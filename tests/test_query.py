@@ -16,7 +16,7 @@ import pytest
 from pipeline.commands.query import render
 from pipeline.commands.replay import replay
 from pipeline.core.inventory import load_inventory
-from pipeline.core.pipeline import CoreSettings
+from pipeline.core.settings import CoreSettings
 from pipeline.storage import open_store
 from pipeline.storage.queries import QueryFilter, run_view
 

@@ -25,7 +25,8 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from pipeline.core import records as R
-from pipeline.core.pipeline import CoreSettings, Pipeline
+from pipeline.core.pipeline import Pipeline
+from pipeline.core.settings import CoreSettings
 from pipeline.errors import StorageError
 from pipeline.storage import Store, ddl, open_store
 from pipeline.storage.migrations import Migration, apply_migrations, load_migrations

@@ -14,7 +14,7 @@ import yaml
 from pipeline.commands.evaluate import evaluate, load_truth
 from pipeline.commands.replay import replay
 from pipeline.core.inventory import load_inventory
-from pipeline.core.pipeline import CoreSettings
+from pipeline.core.settings import CoreSettings
 from pipeline.storage import open_store
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"

@@ -13,7 +13,7 @@ import pytest
 from pipeline.commands import cli
 from pipeline.commands.replay import replay
 from pipeline.core.inventory import load_inventory
-from pipeline.core.pipeline import CoreSettings
+from pipeline.core.settings import CoreSettings
 from pipeline.errors import StorageError
 from pipeline.sources import base
 from pipeline.storage import open_store

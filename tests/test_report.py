@@ -18,7 +18,7 @@ import pytest
 from pipeline.commands.replay import replay
 from pipeline.commands.report import InputCounts, build_report, write_report
 from pipeline.core.inventory import load_inventory
-from pipeline.core.pipeline import CoreSettings
+from pipeline.core.settings import CoreSettings
 from pipeline.storage import open_store
 from pipeline.storage.queries import QueryFilter
 

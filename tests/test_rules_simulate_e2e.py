@@ -21,7 +21,7 @@ from pipeline.commands.cli import main
 from pipeline.commands.replay import replay
 from pipeline.core.intents import CandidateRule, Evidence, Peer, Workload
 from pipeline.core.inventory import load_inventory
-from pipeline.core.pipeline import CoreSettings
+from pipeline.core.settings import CoreSettings
 from pipeline.policy import FORMATS, render
 from pipeline.storage import open_store
 from pipeline.storage.rules import StoredRule, diff_rules, load_rules

@@ -36,53 +36,39 @@ def _time_arg(text: str) -> float:
     return t
 
 
-def _audit_days(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number of days") from None
-    if not 0 < v <= 366:
-        raise argparse.ArgumentTypeError("audit days must be in (0, 366]; 30–90 is recommended")
-    return v
-
-
 def _core_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("baseline")
-    g.add_argument("--audit-days", type=_audit_days, default=30.0,
-                   help="length of the audit (learning) phase in event-time days (default 30)")
-    g.add_argument("--audit-start", type=_time_arg, default=None,
-                   help="audit start, epoch s or RFC 3339 (default: the first flow's time)")
-    g.add_argument("--suppress", type=float, default=3600.0, metavar="SECONDS",
-                   help="one violation per edge per window of this many seconds (default 3600)")
-    g.add_argument("--scan-threshold", type=int, default=20,
-                   help="new targets from one workload within a window that make a scan "
-                   "(default 20)")
-    g.add_argument("--internal-cidrs", default=None,
-                   help="comma-separated internal ranges (default RFC 1918, CGNAT, ULA)")
+    """One flag per core setting (pipeline/core/settings.py): name, help, default, range."""
+    from pipeline.core.settings import SETTINGS, SettingInfo
+
+    def parser(info: SettingInfo) -> Any:
+        def parse(text: str) -> Any:
+            try:
+                return info.parse(text)
+            except ValueError as exc:
+                raise argparse.ArgumentTypeError(str(exc)) from None
+
+        parse.__name__ = info.name  # argparse names the type in its messages
+        return parse
+
+    g = p.add_argument_group("core settings (docs/settings.md)")
+    for info in SETTINGS:
+        rng = info.describe_range()
+        text = f"{info.help} (default {info.describe_default()}{'; ' + rng if rng else ''})"
+        text = text.replace("%", "%%")  # argparse formats help with %
+        if info.kind == "bool":
+            g.add_argument(info.flag, *info.aliases, dest=info.name, default=info.default,
+                           action=argparse.BooleanOptionalAction, help=text)
+        else:
+            g.add_argument(info.flag, *info.aliases, dest=info.name, default=info.default,
+                           type=parser(info), metavar=info.metavar, help=text)
 
 
 def _settings(args: argparse.Namespace) -> Any:
-    from pipeline.core.inventory import DEFAULT_INTERNAL_CIDRS
-    from pipeline.core.pipeline import CoreSettings
+    """The core settings the flags give."""
+    from pipeline.core.settings import SETTINGS, CoreSettings
 
-    cidrs = DEFAULT_INTERNAL_CIDRS
-    if args.internal_cidrs:
-        import ipaddress
-
-        cidrs = tuple(c.strip() for c in args.internal_cidrs.split(",") if c.strip())
-        for c in cidrs:
-            try:
-                ipaddress.ip_network(c, strict=False)
-            except ValueError:
-                raise ConfigError(f"--internal-cidrs: '{c}' is not a CIDR") from None
     try:
-        return CoreSettings(
-            audit_days=args.audit_days,
-            audit_start=args.audit_start,
-            suppress_window=args.suppress,
-            scan_threshold=args.scan_threshold,
-            internal_cidrs=cidrs,
-        )
+        return CoreSettings(**{i.name: getattr(args, i.name) for i in SETTINGS})
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
 
@@ -183,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: chdb://<out>/store)")
     d.add_argument("--seed", type=int, default=7,
                    help="random seed of the generated estate (default %(default)s)")
+    _core_flags(d)
 
     m = sub.add_parser("migrate", help="apply ClickHouse migrations to a store")
     m.add_argument("--store", default=None,
@@ -370,7 +357,7 @@ def _generate_to_kafka(cfg: Any, args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.commands.demo import run_demo
 
-    return run_demo(args.out, args.store, args.seed)
+    return run_demo(args.out, args.store, args.seed, _settings(args))
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

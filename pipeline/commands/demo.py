@@ -10,14 +10,18 @@ from pipeline.commands.replay import replay
 from pipeline.commands.report import inputs_from_summary, write_report
 from pipeline.commands.summary import print_replay_summary
 from pipeline.core.inventory import load_inventory
-from pipeline.core.pipeline import CoreSettings
+from pipeline.core.settings import CoreSettings
 from pipeline.generate import GenerateConfig, write_estate
 from pipeline.storage import open_store
 
 
-def run_demo(out: Path, store_url: str | None, seed: int) -> int:
-    """The whole loop on generated data; returns the exit status."""
+def run_demo(out: Path, store_url: str | None, seed: int,
+             settings: CoreSettings | None = None) -> int:
+    """The whole loop on generated data; returns the exit status. ``settings`` default to
+    the core's, with the generated estate's audit length."""
     cfg = GenerateConfig(seed=seed)
+    if settings is None:
+        settings = CoreSettings(audit_days=cfg.audit_days)
     data = out / "data"
     results = out / "out"
     t0 = time.perf_counter()
@@ -26,11 +30,11 @@ def run_demo(out: Path, store_url: str | None, seed: int) -> int:
     write_estate(cfg, data)
     print(f"  done in {time.perf_counter() - t0:.1f} s", flush=True)
     url = store_url or f"chdb://{(out / 'store').as_posix()}"
-    inventory = load_inventory(data / "inventory.jsonl")
+    inventory = load_inventory(data / "inventory.jsonl", internal_cidrs=settings.internal_cidrs)
     store = open_store(url, migrate=True)
     try:
         summary = replay(
-            [data / "flows.jsonl.gz"], inventory, CoreSettings(audit_days=cfg.audit_days),
+            [data / "flows.jsonl.gz"], inventory, settings,
             store=store,
             violations_path=results / "violations.jsonl",
             rules_path=results / "candidate-rules.jsonl",

@@ -35,14 +35,15 @@ from pipeline.commands.progress import DEFAULT_EVERY, Progress
 from pipeline.core.columns import Reject
 from pipeline.core.inventory import Inventory
 from pipeline.core.ocsf import violation_formatter
-from pipeline.core.pipeline import BatchOutput, CoreSettings, Pipeline
+from pipeline.core.pipeline import BatchOutput, Pipeline
+from pipeline.core.settings import CoreSettings
 from pipeline.errors import InputError, StorageError
 from pipeline.sources import ALIASES, detect_format, get_parser
 from pipeline.sources.base import open_binary, parse_file
-from pipeline.storage.background import BackgroundWriter
 from pipeline.storage.files import Outputs
+from pipeline.storage.writer import StoreWriter
 
-STORE_ROWS = 200_000  # edge-minute rows buffered before one insert
+STORE_ROWS = 200_000  # rows (aggregates + events) buffered before one insert
 # formats whose records can name the workload at each end (see the module docstring)
 IDENTITY_FORMATS = frozenset({"hubble", "gcp-vpc", "goflow2", "canonical"})
 INVENTORY_HINT = "pass --inventory FILE (JSONL or CSV of ip or cidr → app, namespace; see README)"
@@ -232,39 +233,25 @@ def replay(
     core = Pipeline(settings, inventory)
     bar = Progress(progress, [os.path.getsize(p) for p, _ in plan], every=progress_every)
     t0 = time.perf_counter()
-    pending: list[pa.Table] = []
-    pending_rows = 0
-    writer = BackgroundWriter(store) if store is not None else None
+    writer = StoreWriter(store, max_rows=STORE_ROWS, max_seconds=float("inf")) \
+        if store is not None else None
     vio_out = outputs.jsonl(violations_path) if violations_path else None
     as_output = violation_formatter(violations_format, _version())
     rule_out = outputs.jsonl(rules_path) if rules_path else None
     dead = outputs.dead_letter(dead_letter_path) if dead_letter_path else None
 
-    def flush_store() -> None:
-        nonlocal pending, pending_rows
-        if writer is not None and pending:
-            writer.write_edge_minutes(pa.concat_tables(pending))
-        pending, pending_rows = [], 0
-
     def take(out: BatchOutput) -> None:
-        nonlocal pending_rows
         summary.violations.extend(out.violations)
         summary.rules.extend(out.rules)
+        summary.edge_minute_rows += out.edge_minutes.num_rows
         if out.edge_minutes.num_rows:
-            summary.edge_minute_rows += out.edge_minutes.num_rows
             summary.unidentified_flows += _unidentified(out.edge_minutes)
-            pending.append(out.edge_minutes)
-            pending_rows += out.edge_minutes.num_rows
-            if pending_rows >= STORE_ROWS:
-                flush_store()
+        if writer is not None:
+            writer.add(out.edge_minutes, out.violations, out.rules)
         if vio_out and out.violations:
             vio_out.write([as_output(v) for v in out.violations])
         if rule_out and out.rules:
             rule_out.write(out.rules)
-        if writer is not None and out.violations:
-            writer.write_violations(out.violations)
-        if writer is not None and out.rules:
-            writer.write_rules(out.rules)
         if on_batch:
             on_batch(out)
 
@@ -302,7 +289,6 @@ def replay(
                 bar.update(flows=summary.flows, violations=len(summary.violations),
                            event_time=newest)
         take(core.flush())
-        flush_store()
         if writer is not None:
             writer.close()  # all rows stored (or the first write error raised) before summary
             writer = None

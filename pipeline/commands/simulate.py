@@ -321,7 +321,7 @@ def run(args: Any) -> str:
             if args.inventory is None:
                 raise ConfigError("--flows needs --inventory (to know who the addresses are)")
             from pipeline.commands.replay import replay
-            from pipeline.core.pipeline import CoreSettings
+            from pipeline.core.settings import CoreSettings
 
             inv = load_inventory(args.inventory)
             with open_store(f"chdb://{tmp}/store", migrate=True) as flows_store:

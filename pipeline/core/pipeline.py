@@ -38,42 +38,16 @@ from pipeline.core.detect import (
 )
 from pipeline.core.enrich import Enriched, Orienter, enrich
 from pipeline.core.events import KnownTraffic, hours_of, rule_event, violation_event
-from pipeline.core.inventory import DEFAULT_INTERNAL_CIDRS, Inventory
+from pipeline.core.inventory import Inventory
 from pipeline.core.records import EDGE_MINUTE
 from pipeline.core.rules import derive_rules
+from pipeline.core.settings import CoreSettings
 from pipeline.core.workloads import WORLD, Workloads
 
 _TYPE_CODE = {t: i for i, t in enumerate(TYPES)}
 SERVICE_CLIENTS_MAX = 8  # known_clients_of_service: the first clients by workload key
 
 EDGE_MINUTE_SCHEMA = EDGE_MINUTE.schema  # declared in pipeline/core/records.py
-
-
-@dataclass(frozen=True, slots=True)
-class CoreSettings:
-    """Parameters of the core (the CLI and worker map their config onto this)."""
-
-    audit_days: float = 30.0
-    audit_start: float | None = None  # epoch s; None = the first flow's start
-    suppress_window: float = 3600.0  # one violation per edge per window (event time)
-    lateness: float = 300.0  # how far behind the newest flow a window may still change
-    scan_threshold: int = 20  # distinct new targets from one workload in a window → scan
-    max_edges: int = 500_000
-    max_edges_per_workload: int = 4_096
-    max_open_violations: int = 100_000
-    off_hours_max_active: int = 16  # edges active in more UTC hours than this are 24/7
-    off_hours_min_days: int = 3  # evidence needed before an hour pattern is trusted
-    volume_min_bytes: float = 1e6
-    # rejected flows from outside the internal ranges are internet background noise that a
-    # firewall already stopped: aggregated, but not alerted (unless this is set)
-    alert_rejected_external: bool = False
-    internal_cidrs: tuple[str, ...] = DEFAULT_INTERNAL_CIDRS
-
-    def __post_init__(self) -> None:
-        if not 0 < self.audit_days <= 366:
-            raise ValueError("audit_days must be in (0, 366]; 30–90 is the recommended range")
-        if self.suppress_window <= 0 or self.lateness < 0:
-            raise ValueError("suppress_window must be > 0 and lateness >= 0")
 
 
 @dataclass(slots=True)
@@ -434,4 +408,4 @@ class Pipeline:
                                 suppress_window=st.suppress_window) for a in aggs]
 
 
-__all__ = ["EDGE_MINUTE_SCHEMA", "SERVICE_CLIENTS_MAX", "BatchOutput", "CoreSettings", "Pipeline"]
+__all__ = ["EDGE_MINUTE_SCHEMA", "SERVICE_CLIENTS_MAX", "BatchOutput", "Pipeline"]

@@ -18,7 +18,8 @@ import numpy as np
 import orjson
 
 from pipeline.core.inventory import Inventory
-from pipeline.core.pipeline import CoreSettings, Pipeline
+from pipeline.core.pipeline import Pipeline
+from pipeline.core.settings import CoreSettings
 
 FORMAT = "segflow-pipeline-state/1"
 

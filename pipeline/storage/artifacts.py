@@ -7,7 +7,6 @@ and library versions so a notebook or a worker can tell what it is loading.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import platform
 from importlib import metadata
@@ -18,7 +17,8 @@ import orjson
 
 from pipeline.core.events import iso
 from pipeline.core.inventory import Inventory
-from pipeline.core.pipeline import CoreSettings, Pipeline
+from pipeline.core.pipeline import Pipeline
+from pipeline.core.settings import CoreSettings
 from pipeline.core.snapshot import dump_state, load_state
 from pipeline.errors import InputError
 from pipeline.storage.files import write_atomic
@@ -54,7 +54,7 @@ def baseline_files(p: Pipeline, *, inputs: list[str]) -> dict[str, bytes]:
             "audit_end": iso(p.audit_end) if p.audit_end is not None else None,
             "complete": b.frozen_,
         },
-        "settings": {k: v for k, v in dataclasses.asdict(p.settings).items()},
+        "settings": p.settings.to_dict(),
         "features": ["edge(client workload, server workload, service port, proto)", "first_seen",
                      "last_seen", "flows", "bytes", "packets", "days_observed",
                      "hour_of_day_mask_utc", "log2_hourly_bytes_histogram"],
@@ -80,9 +80,10 @@ def load_baseline(in_dir: Path, inventory: Inventory,
     if hashlib.sha256(state).hexdigest() != manifest.get("state_sha256"):
         raise InputError(f"{in_dir}/baseline.npz does not match its manifest (checksum)")
     if settings is None:
-        raw = dict(manifest["settings"])
-        raw["internal_cidrs"] = tuple(raw["internal_cidrs"])
-        settings = CoreSettings(**raw)
+        try:
+            settings = CoreSettings.from_mapping(manifest["settings"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"{in_dir}/manifest.json: bad settings: {exc}") from exc
     return load_state(state, settings, inventory)
 
 

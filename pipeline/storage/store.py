@@ -61,11 +61,16 @@ _VERSION_TRAILER = re.compile(r"\s*\(version [^)]*\)\s*$")
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """Bounded exponential backoff with jitter for transient server errors."""
+    """Exponential backoff with jitter for transient server errors: the one backoff rule of
+    every retry (reads here, writes in :mod:`pipeline.storage.writer`)."""
 
-    attempts: int = 5  # total tries, >= 1
+    attempts: int | None = 5  # total tries, >= 1; None: until it works (the worker's writes)
     base_delay: float = 0.25  # seconds before the first retry
     max_delay: float = 8.0
+
+    def exhausted(self, attempt: int) -> bool:
+        """True when ``attempt`` tries (1-based) are all this policy allows."""
+        return self.attempts is not None and attempt >= self.attempts
 
     def delay(self, attempt: int) -> float:
         """Sleep before retry number ``attempt`` (1-based): full-ish jitter in [d/2, d]."""
@@ -108,7 +113,7 @@ def call_with_retry(
         try:
             return fn()
         except Exception as exc:
-            if attempt >= policy.attempts or not is_transient(exc):
+            if policy.exhausted(attempt) or not is_transient(exc):
                 raise
             log.warning("storage %s failed (attempt %d), retrying: %s", op, attempt, _short(exc))
             if on_retry is not None:
@@ -132,10 +137,12 @@ def _short(exc: BaseException) -> str:
 
 
 def translate(exc: BaseException, url: StoreURL, op: str) -> StorageError:
-    """A driver error → one-line StorageError saying what is wrong and how to fix it."""
+    """A driver error → one-line StorageError saying what is wrong and how to fix it (and
+    whether retrying may help: ``transient``)."""
     if isinstance(exc, StorageError):
         return exc
     code = _code(exc)
+    transient = is_transient(exc)
     if code in AUTH_CODES:
         return StorageError(
             f"ClickHouse at {url} rejected user {url.username or 'default'!r}: "
@@ -144,9 +151,10 @@ def translate(exc: BaseException, url: StoreURL, op: str) -> StorageError:
     if not url.is_embedded and code is None and isinstance(exc, OperationalError):
         return StorageError(
             f"cannot reach ClickHouse at {url} ({redact(_short(exc), url.password)}); "
-            "check host and port, and that the server is running"
+            "check host and port, and that the server is running", transient=transient
         )
-    return StorageError(f"{op} failed on {url}: {redact(_short(exc), url.password)}")
+    return StorageError(f"{op} failed on {url}: {redact(_short(exc), url.password)}",
+                        transient=transient)
 
 
 def _chdb_locked(path: Path) -> bool:
@@ -249,6 +257,8 @@ class Store:
             raise translate(exc, self.url, op) from exc
 
     def _insert(self, table: str, data: pa.Table) -> int:
+        """One try per chunk: writes are retried by their caller, the store writer
+        (:mod:`pipeline.storage.writer`), never here too."""
         step = max(1, self.insert_chunk_rows)
         for offset in range(0, data.num_rows, step):
             chunk = data.slice(offset, step)
@@ -256,7 +266,7 @@ class Store:
             def insert(c: Client, chunk: pa.Table = chunk) -> None:
                 c.insert_arrow(table, chunk, settings=INSERT_SETTINGS)
 
-            self._run(f"insert into {table}", insert)
+            self._run(f"insert into {table}", insert, retry=False)
         return data.num_rows
 
     # -- public API ---------------------------------------------------------------------

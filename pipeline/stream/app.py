@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import faust
 
-from pipeline.config import WorkerSettings
+from pipeline.config import KafkaSettings, TopicSettings
 from pipeline.stream.clients import MAX_MESSAGE_BYTES, faust_credentials
 from pipeline.stream.stateful import StatefulStage
 
@@ -46,13 +46,15 @@ class FaustControl:
         return int(high) if high is not None else None
 
 
-def create_app(settings: WorkerSettings, stage: StatefulStage, *, datadir: Path) -> faust.App:
-    """A faust app whose only agent feeds ``stage``; start it with ``await app.start()``."""
-    k = settings.kafka
+def create_app(kafka: KafkaSettings, topics: TopicSettings, stage: StatefulStage, *,
+               app_id: str, datadir: Path) -> faust.App:
+    """A faust app (consumer group ``app_id``) whose only agent feeds ``stage``; start it
+    with ``await app.start()``."""
+    k = kafka
     brokers = [f"kafka://{b.strip()}" for b in k.bootstrap.split(",") if b.strip()]
     session = max(6.0, k.session_timeout)
     app = faust.App(
-        settings.app_id,
+        app_id,
         broker=brokers,
         broker_credentials=faust_credentials(k),
         broker_client_id=k.client_id,
@@ -73,9 +75,9 @@ def create_app(settings: WorkerSettings, stage: StatefulStage, *, datadir: Path)
         datadir=str(datadir),
         autodiscover=False,
     )
-    topic = app.topic(settings.topics.flows, value_serializer="raw", key_serializer="raw",
-                      partitions=settings.topics.flows_partitions)
-    stage.control = FaustControl(app, settings.topics.flows)
+    topic = app.topic(topics.flows, value_serializer="raw", key_serializer="raw",
+                      partitions=topics.flows_partitions)
+    stage.control = FaustControl(app, topics.flows)
 
     async def stateful(stream: Any) -> None:
         async for event in stream.noack().events():
@@ -99,7 +101,7 @@ def create_app(settings: WorkerSettings, stage: StatefulStage, *, datadir: Path)
     restoring: set[asyncio.Future[None]] = set()
 
     async def on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
-        mine = {tp.partition for tp in assigned if tp.topic == settings.topics.flows}
+        mine = {tp.partition for tp in assigned if tp.topic == topics.flows}
         stage.assigned(mine)
         if mine:  # restore in the background; the rebalance callback must return quickly
             task = asyncio.ensure_future(stage.on_assigned(mine))
@@ -107,7 +109,7 @@ def create_app(settings: WorkerSettings, stage: StatefulStage, *, datadir: Path)
             task.add_done_callback(restoring.discard)
 
     async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
-        mine = {tp.partition for tp in revoked if tp.topic == settings.topics.flows}
+        mine = {tp.partition for tp in revoked if tp.topic == topics.flows}
         if mine:
             await stage.on_revoked(mine)
 

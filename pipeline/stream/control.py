@@ -1,6 +1,6 @@
 """One audit start for every worker, agreed on the compacted control topic.
 
-When ``audit.start`` is unset, an ingest instance calls :meth:`AuditStartAgreement.agree`
+When ``core.audit_start`` is unset, an ingest instance calls :meth:`AuditStartAgreement.agree`
 before it sends its first flows. It reads the control topic (one partition) from the
 beginning and adopts the first ``audit-start/…`` record; if there is none it appends its own
 proposal — the earliest flow start of its first batch, under a unique key so compaction never
@@ -119,7 +119,7 @@ class AuditStartAgreement:
         except TimeoutError:
             raise BrokerError(
                 f"no audit start agreed on topic {self.topic} within {self.timeout:g} s; "
-                "check the broker, or set audit.start (SEGFLOW_AUDIT__START)") from None
+                "check the broker, or set core.audit_start (SEGFLOW_CORE__AUDIT_START)") from None
         finally:
             await reader.stop()
 

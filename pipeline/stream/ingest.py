@@ -14,7 +14,7 @@ partitions) in every message, and to partitions that got no flows for a while, s
 internal partition can close its violation windows (a partition's earlier messages of one
 batch report, for raw partitions with rows still to come, their progress before the batch).
 Every message carries the audit start:
-``audit.start`` when configured, else the one agreed on the control topic
+``core.audit_start`` when configured, else the one agreed on the control topic
 (:mod:`pipeline.stream.control`) before the stage sends its first flows.
 """
 
@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from pipeline.config import WorkerSettings
+from pipeline.config import KafkaSettings, StreamSettings, TopicSettings
 from pipeline.core.columns import empty_flows
 from pipeline.core.inventory import Inventory
 from pipeline.sources import get_parser
@@ -95,19 +95,21 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 class IngestStage:
     """Batching ingest from the raw topics into the internal flows topic."""
 
-    def __init__(self, settings: WorkerSettings, *, client: dict[str, Any],
+    def __init__(self, topics: TopicSettings, stream: StreamSettings, *, kafka: KafkaSettings,
+                 group: str, audit_start: float | None, client: dict[str, Any],
                  producer: AIOKafkaProducer, inventory: Inventory,
                  inventory_lock: threading.Lock, metrics: Metrics,
                  agreement: AuditStartAgreement | None = None) -> None:
-        self.settings = settings
-        self.topics = settings.topics
-        self.stream = settings.stream
+        self.topics = topics
+        self.stream = stream
+        self.kafka = kafka
+        self.group = group  # consumer group of the raw topics
         self.client = client
         self.producer = producer
         self.metrics = metrics
-        self.router = Router(inventory, settings.topics.flows_partitions)
-        self.audit_start = settings.audit.start  # stamped into every message once known
-        self.agreement = agreement  # agrees it when audit.start is unset
+        self.router = Router(inventory, topics.flows_partitions)
+        self.audit_start = audit_start  # stamped into every message once known
+        self.agreement = agreement  # agrees it when core.audit_start is unset
         self.parsers: dict[TopicPartition, BlockParser] = {}
         self.watermarks: dict[str, float] = {}  # raw source → newest flow start sent
         self.last_data: dict[TopicPartition, float] = {}
@@ -122,9 +124,9 @@ class IngestStage:
         self.consumer: AIOKafkaConsumer | None = None
 
     async def start(self) -> None:
-        k = self.settings.kafka
+        k = self.kafka
         self.consumer = AIOKafkaConsumer(
-            **self.client, group_id=f"{self.settings.app_id}-ingest",
+            **self.client, group_id=self.group,
             enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=int(k.session_timeout * 1000),
             heartbeat_interval_ms=max(100, int(k.session_timeout * 1000) // 5),

@@ -240,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         kafka = s.kafka if args.bootstrap is None else s.kafka.model_copy(
             update={"bootstrap": args.bootstrap})
         n = publish_inventory(args.file, kafka, args.topic or s.topics.inventory,
-                              internal_cidrs=s.internal_cidrs)
+                              internal_cidrs=s.core_settings().internal_cidrs)
     except SegflowError as exc:
         print(f"segflow: error: {exc}", file=sys.stderr)
         return 2

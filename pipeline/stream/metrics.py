@@ -19,6 +19,7 @@ from prometheus_client import (
 )
 
 from pipeline.core.columns import DEAD_LETTER_REASONS
+from pipeline.storage.writer import WriterObserver
 
 _BATCH_BUCKETS = (1, 10, 100, 1_000, 5_000, 20_000, 50_000, 100_000, 250_000, 1_000_000)
 _SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -79,6 +80,16 @@ class Metrics:
                                       "Store writes that failed (then retried)", registry=r)
         self.storage_retries = Counter("segflow_storage_retries",
                                        "Retries of store operations", ["op"], registry=r)
+        self.storage_up = Gauge("segflow_storage_up",
+                                "1 while the store accepts writes, 0 while they are retried",
+                                registry=r)
+        self.storage_up.set(1)
+        self.storage_backlog = Gauge("segflow_storage_backlog_rows",
+                                     "Rows waiting for the store (back-pressure beyond "
+                                     "writer.max_pending_rows)", registry=r)
+        self.storage_wait = Counter("segflow_storage_wait_seconds",
+                                    "Time the stateful stage was paused by a full store queue",
+                                    registry=r)
         self.rows_stored = Counter("segflow_rows_stored", "Rows written to the store",
                                    ["table"], registry=r)
         self.snapshots_written = Counter("segflow_snapshots_written",
@@ -108,10 +119,37 @@ class Metrics:
                                    "Internal messages that could not be read (retention)",
                                    registry=r)
 
+    def writer_observer(self) -> WriterObserver:
+        """The store writer's hooks, counted here."""
+        return _WriterMetrics(self)
+
     def serve(self, port: int) -> None:
         """Start the /metrics HTTP server (a daemon thread); port 0 does nothing."""
         if port:
             start_http_server(port, registry=self.registry)
+
+
+class _WriterMetrics(WriterObserver):
+    def __init__(self, m: Metrics) -> None:
+        self.m = m
+
+    def written(self, table: str, rows: int, seconds: float) -> None:
+        self.m.rows_stored.labels(table).inc(rows)
+        self.m.batch_seconds.labels("sink").observe(seconds)
+        self.m.batch_records.labels("sink").observe(rows)
+
+    def retry(self, table: str, attempt: int, exc: BaseException) -> None:
+        self.m.storage_errors.inc()
+        self.m.storage_retries.labels(f"insert into {table}").inc()
+
+    def available(self, up: bool) -> None:
+        self.m.storage_up.set(1 if up else 0)
+
+    def backlog(self, rows: int) -> None:
+        self.m.storage_backlog.set(rows)
+
+    def waited(self, seconds: float) -> None:
+        self.m.storage_wait.inc(seconds)
 
 
 __all__ = ["Metrics"]

@@ -44,7 +44,8 @@ import pyarrow as pa
 from pipeline.core.columns import FLOW_SCHEMA
 from pipeline.core.events import iso
 from pipeline.core.inventory import Inventory
-from pipeline.core.pipeline import BatchOutput, CoreSettings, Pipeline
+from pipeline.core.pipeline import BatchOutput, Pipeline
+from pipeline.core.settings import CoreSettings
 from pipeline.core.snapshot import dump_state, load_state
 from pipeline.stream.flowbatch import FlowBatch
 from pipeline.stream.services import ServiceDirectory, is_new_edge

@@ -38,9 +38,10 @@ from typing import Any, Protocol, TypeVar
 
 from aiokafka.errors import KafkaError
 
-from pipeline.config import WorkerSettings
+from pipeline.config import StreamSettings, TopicSettings
 from pipeline.core.pipeline import EDGE_MINUTE_SCHEMA, Pipeline
-from pipeline.stream.clients import aiokafka_kwargs
+from pipeline.core.settings import CoreSettings
+from pipeline.storage.writer import StoreWriter
 from pipeline.stream.flowbatch import decode
 from pipeline.stream.inventory_topic import InventoryFeed
 from pipeline.stream.metrics import Metrics
@@ -48,7 +49,6 @@ from pipeline.stream.outputs import EventPublisher
 from pipeline.stream.partition import PartitionState
 from pipeline.stream.reader import PartitionReader
 from pipeline.stream.services import ServiceDirectory, map_records, parse_map_record
-from pipeline.stream.sink import StoreSink
 from pipeline.stream.snapshots import SnapshotStore
 
 log = logging.getLogger(__name__)
@@ -68,11 +68,15 @@ class ConsumerControl(Protocol):
 class StatefulStage:
     """Owns the partition states of one worker."""
 
-    def __init__(self, settings: WorkerSettings, *, feed: InventoryFeed,
-                 snapshots: SnapshotStore, reader: PartitionReader, sink: StoreSink,
+    def __init__(self, core: CoreSettings, topics: TopicSettings, stream: StreamSettings, *,
+                 group: str, client: dict[str, Any], feed: InventoryFeed,
+                 snapshots: SnapshotStore, reader: PartitionReader, sink: StoreWriter,
                  publisher: EventPublisher, metrics: Metrics) -> None:
-        self.settings = settings
-        self.core = settings.core()
+        self.core = core
+        self.topics = topics
+        self.stream = stream
+        self.group = group  # the consumer group of the flows topic (lag metric label)
+        self.client = client  # aiokafka connection kwargs (the control topic reader)
         self.feed = feed
         self.snapshots = snapshots
         self.reader = reader
@@ -86,7 +90,7 @@ class StatefulStage:
         self.last_message: dict[int, float] = {}
         self._audit_ended: dict[int, bool] = {}
         self.control: ConsumerControl | None = None
-        self.services = ServiceDirectory(settings.topics.flows_partitions)
+        self.services = ServiceDirectory(topics.flows_partitions)
         self._control_reader: PartitionReader | None = None  # follows the control topic
         self._control_next = 0
         self._released: set[int] = set()  # partitions whose snapshot still holds emitted events
@@ -111,11 +115,9 @@ class StatefulStage:
                 await self._catch_up(partition, state, offset)
             await self._apply(partition, state, offset, value)
             self._track(partition, ack)
-            step_done = self.since_snapshot[partition] >= self.settings.snapshot_every_messages
+            step_done = self.since_snapshot[partition] >= self.stream.snapshot_every_messages
             if step_done or self._audit_ended.pop(partition, False):
                 await self._snapshot(partition)
-            elif self.sink.due:
-                await self.sink.flush()
 
     async def _apply(self, partition: int, state: PartitionState, offset: int,
                      value: bytes | None) -> None:
@@ -129,9 +131,9 @@ class StatefulStage:
             return
         step = await self._run(state, state.apply, offset, batch)
         out = step.output
-        self.sink.add(out.edge_minutes, out.violations, out.rules)
+        await self.sink.add_async(out.edge_minutes, out.violations, out.rules)  # back-pressure
         await self.publisher.publish(out.violations, out.rules)
-        self.metrics.records_in.labels("stateful", self.settings.topics.flows).inc(step.rows)
+        self.metrics.records_in.labels("stateful", self.topics.flows).inc(step.rows)
         if step.dropped:
             self.metrics.duplicates.inc(step.dropped)
         if step.audit_ended:
@@ -155,12 +157,10 @@ class StatefulStage:
         start = state.offset + 1
         log.info("partition %d: at %d, catching up from its snapshot at %d", partition,
                  offset, start)
-        async for rec in self.reader.read(self.settings.topics.flows, partition, start, offset):
+        async for rec in self.reader.read(self.topics.flows, partition, start, offset):
             if rec.offset > state.offset + 1:
                 self._gap(partition, state, rec.offset)
             await self._apply(partition, state, rec.offset, rec.value)
-            if self.sink.due:
-                await self.sink.flush()
         if offset > state.offset + 1:
             self._gap(partition, state, offset)
 
@@ -194,7 +194,7 @@ class StatefulStage:
         blob = await self.snapshots.read(partition)
         if blob is None:
             state = PartitionState(partition, Pipeline(self.core, self.feed.new_inventory()),
-                                   f"{self.settings.topics.flows}/{partition}",
+                                   f"{self.topics.flows}/{partition}",
                                    services=self.services)
         else:
             inventory = self.feed.new_inventory()
@@ -221,7 +221,7 @@ class StatefulStage:
     async def _publish_services(self, partition: int, state: PartitionState) -> None:
         """Publish the partition's service map (after its audit) and wait for the broker."""
         services = await self._run(state, state.pipeline.service_clients)
-        sent = [await self.publisher.producer.send(self.settings.topics.control, key=k,
+        sent = [await self.publisher.producer.send(self.topics.control, key=k,
                                                    value=v, partition=0)
                 for k, v in map_records(partition, services)]
         await asyncio.gather(*sent)
@@ -233,7 +233,7 @@ class StatefulStage:
         for p, state in self.states.items():
             events = state.release()
             if events:
-                self.sink.add(EDGE_MINUTE_SCHEMA.empty_table(), events, [])
+                await self.sink.add_async(EDGE_MINUTE_SCHEMA.empty_table(), events, [])
                 await self.publisher.publish(events, [])
                 self.metrics.held_events.labels(str(p)).set(0)
                 self._released.add(p)
@@ -244,26 +244,25 @@ class StatefulStage:
         """Read what is new on the control topic; release held events once every
         partition's service map is known. A broker error is logged and retried next time."""
         if self._control_reader is None:
-            self._control_reader = PartitionReader(aiokafka_kwargs(self.settings.kafka),
-                                                   max_fetch_bytes=1 << 20)
+            self._control_reader = PartitionReader(self.client, max_fetch_bytes=1 << 20)
             await self._control_reader.start()
         changed = False
         try:
-            async for rec in self._control_reader.read(self.settings.topics.control, 0,
+            async for rec in self._control_reader.read(self.topics.control, 0,
                                                        self._control_next):
                 self._control_next = rec.offset + 1
                 chunk = parse_map_record(rec.key, rec.value)
                 changed = (chunk is not None and self.services.add(chunk)) or changed
         except KafkaError as exc:
             log.warning("reading the control topic %s failed (%r); retrying",
-                        self.settings.topics.control, exc)
+                        self.topics.control, exc)
         if changed and self.services.complete:
             async with self.lock:
                 await self._release_held()
 
     async def _snapshot(self, partition: int) -> None:
         state = self.states[partition]
-        await self.sink.flush()
+        await self.sink.flush_async()
         await self.publisher.flush()
         blob = await self._run(state, state.to_bytes)
         await self.snapshots.write(partition, blob, offset=state.offset)
@@ -317,20 +316,19 @@ class StatefulStage:
         if self.ready.is_set() and not self.closed:
             await self.follow_control()
         now = time.monotonic()
-        idle = self.settings.stream.snapshot_idle_seconds
+        idle = self.stream.snapshot_idle_seconds
         async with self.lock:
             quiet = [p for p, acks in self.pending.items() if acks and p in self.states
                      and now - self.last_message.get(p, now) >= idle]
             quiet += [p for p in sorted(self._released) if p in self.states and p not in quiet]
             for p in quiet:
                 await self._snapshot(p)
-            if self.sink.due:
-                await self.sink.flush()
+            self.sink.tick()
             if self.control is not None:
                 for p, state in self.states.items():
                     high = self.control.highwater(p)
                     if high is not None:
-                        self.metrics.lag.labels(self.settings.app_id, self.settings.topics.flows,
+                        self.metrics.lag.labels(self.group, self.topics.flows,
                                                 str(p)).set(max(0, high - state.offset - 1))
 
     async def stop(self) -> None:

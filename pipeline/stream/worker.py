@@ -31,8 +31,9 @@ from aiokafka.errors import KafkaError
 from pipeline.config import WorkerSettings, load_settings
 from pipeline.errors import BrokerError, ConfigError, InputError
 from pipeline.sources import FORMATS, get_parser
-from pipeline.storage import Store, open_store
+from pipeline.storage import RetryPolicy, Store, open_store
 from pipeline.storage.url import RedactingFilter
+from pipeline.storage.writer import StoreWriter
 from pipeline.stream.app import create_app
 from pipeline.stream.brokerlog import BrokerWatch, install_limiter, installed_limiter
 from pipeline.stream.clients import (
@@ -49,7 +50,6 @@ from pipeline.stream.inventory_topic import InventoryFeed
 from pipeline.stream.metrics import Metrics
 from pipeline.stream.outputs import EventPublisher
 from pipeline.stream.reader import PartitionReader
-from pipeline.stream.sink import StoreSink
 from pipeline.stream.snapshots import SnapshotStore
 from pipeline.stream.stateful import StatefulStage
 
@@ -82,7 +82,7 @@ class Worker:
         self.feed: InventoryFeed | None = None
         self.reader: PartitionReader | None = None
         self.snapshots: SnapshotStore | None = None
-        self.sink: StoreSink | None = None
+        self.writer: StoreWriter | None = None
         self.stage: StatefulStage | None = None
         self.ingest: IngestStage | None = None
         self.app: Any = None
@@ -95,6 +95,7 @@ class Worker:
 
     async def start(self) -> None:
         s, k = self.settings, self.settings.kafka
+        core = s.core_settings()
         check_formats(s)
         quiet = logging.getLogger("kafka")
         level = quiet.level
@@ -130,15 +131,17 @@ class Worker:
             self.store = await asyncio.to_thread(open_store, s.store, migrate=True,
                                                  on_retry=self._on_store_retry)
         self.feed = InventoryFeed(s.topics.inventory, client, self.metrics,
-                                  internal_cidrs=s.internal_cidrs, seed=s.inventory_file)
+                                  internal_cidrs=core.internal_cidrs, seed=s.inventory_file)
         await self.feed.start(counts[s.topics.inventory], timeout=max(30.0, k.connect_timeout * 3))
         if ingest:
             routing = self.feed.new_inventory()
-            agreement = None if s.audit.start is not None else AuditStartAgreement(
+            agreement = None if core.audit_start is not None else AuditStartAgreement(
                 s.topics.control, client, self.producer, who=whoami(s.app_id),
                 timeout=max(30.0, k.connect_timeout * 3))
-            self.ingest = IngestStage(s, client=client, producer=self.producer,
-                                      inventory=routing, inventory_lock=self.feed.lock(routing),
+            self.ingest = IngestStage(s.topics, s.stream, kafka=k, group=f"{s.app_id}-ingest",
+                                      audit_start=core.audit_start, client=client,
+                                      producer=self.producer, inventory=routing,
+                                      inventory_lock=self.feed.lock(routing),
                                       metrics=self.metrics, agreement=agreement)
             await self.ingest.start()
         if stateful:
@@ -147,14 +150,22 @@ class Worker:
             await self.reader.start()
             self.snapshots = SnapshotStore(self.producer, self.reader, s.topics.state,
                                            chunk_bytes=SNAPSHOT_CHUNK_BYTES)
-            self.sink = StoreSink(self.store, s.sink, self.metrics)
-            self.stage = StatefulStage(s, feed=self.feed, snapshots=self.snapshots,
-                                       reader=self.reader, sink=self.sink,
+            w = s.writer
+            self.writer = StoreWriter(
+                self.store, max_rows=w.max_rows, max_seconds=w.max_seconds,
+                max_pending_rows=w.max_pending_rows,
+                retry=RetryPolicy(attempts=None, base_delay=w.retry_base_delay,
+                                  max_delay=w.retry_max_delay),
+                observer=self.metrics.writer_observer())
+            self.stage = StatefulStage(core, s.topics, s.stream, group=s.app_id, client=client,
+                                       feed=self.feed, snapshots=self.snapshots,
+                                       reader=self.reader, sink=self.writer,
                                        publisher=EventPublisher(self.producer, s.topics,
                                                                 self.metrics),
                                        metrics=self.metrics)
             self.datadir = Path(tempfile.mkdtemp(prefix="segflow-faust-"))
-            self.app = create_app(s, self.stage, datadir=self.datadir)
+            self.app = create_app(k, s.topics, self.stage, app_id=s.app_id,
+                                  datadir=self.datadir)
             self.stage.ready.set()
             await self.app.start()
         tasks: list[tuple[str, Any]] = [("inventory", self.feed.run()), ("ticker", self._ticker()),
@@ -209,7 +220,11 @@ class Worker:
                 self.metrics.lag.labels(group, tp.topic, str(tp.partition)).set(high - pos)
 
     async def stop(self) -> None:
-        """Graceful stop; safe to call after a partial start."""
+        """Graceful stop; safe to call after a partial start. A lost store is given up
+        after one more try: what it did not take is re-read after a restart (no snapshot
+        covers it)."""
+        if self.writer is not None:
+            self.writer.stopping()
         if self.ingest is not None:
             async with self.ingest.lock:  # not in the middle of a batch
                 for t in self.tasks:
@@ -224,7 +239,7 @@ class Worker:
             ("ingest", self.ingest.stop() if self.ingest else None),
             ("stateful stage", self.stage.stop() if self.stage and self.app else None),
             ("faust", self.app.stop() if self.app else None),
-            ("sink", self.sink.close() if self.sink else None),
+            ("store writer", asyncio.to_thread(self.writer.close) if self.writer else None),
             ("reader", self.reader.stop() if self.reader else None),
             ("inventory", self.feed.stop() if self.feed else None),
             ("producer", self.producer.stop() if self.producer else None),

@@ -9,7 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.core.pipeline import CoreSettings, Pipeline
+from pipeline.core.pipeline import Pipeline
+from pipeline.core.settings import CoreSettings
 from pipeline.core.snapshot import dump_state, load_state
 from tests.conftest import DAY, T0, flow, flows_table, make_inventory
 

@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.commands.replay import replay
 from pipeline.core.inventory import load_inventory
-from pipeline.core.pipeline import CoreSettings
+from pipeline.core.settings import CoreSettings
 from pipeline.generate import GenerateConfig, write_estate
 from pipeline.stream.outputs import latest_by_id
 from tests.stream.harness import Totals, totals_of

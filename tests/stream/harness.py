@@ -64,18 +64,19 @@ def write_config(path: Path, bootstrap: str, topics: Topics, *, store: Path, app
                  audit_start: float | None, audit_days: float,
                  inventory_file: Path | None = None,
                  metrics_port: int = 0, stream: dict[str, Any] | None = None,
+                 writer: dict[str, Any] | None = None,
                  snapshot_every: int = 20, role: str = "all") -> Path:
     cfg: dict[str, Any] = {
         "kafka": {"bootstrap": bootstrap, "session_timeout": 6.0, "connect_timeout": 10.0},
         "topics": topics.settings(),
-        "audit": {"days": audit_days,
-                  **({} if audit_start is None else {"start": audit_start})},
-        "sink": {"max_rows": 50_000, "max_seconds": 1.0},
-        "stream": {"snapshot_idle_seconds": 0.5, "poll_timeout_ms": 100, **(stream or {})},
+        "core": {"audit_days": audit_days,
+                 **({} if audit_start is None else {"audit_start": audit_start})},
+        "writer": {"max_rows": 50_000, "max_seconds": 1.0, **(writer or {})},
+        "stream": {"snapshot_idle_seconds": 0.5, "poll_timeout_ms": 100,
+                   "snapshot_every_messages": snapshot_every, **(stream or {})},
         "store": f"chdb://{store}",
         "app_id": app_id,
         "metrics_port": metrics_port,
-        "snapshot_every_messages": snapshot_every,
         "role": role,
     }
     if inventory_file is not None:

@@ -20,7 +20,8 @@ import pyarrow as pa
 import pytest
 
 from pipeline.core.baseline import DAY, EDGE_ARRAYS
-from pipeline.core.pipeline import CoreSettings, Pipeline
+from pipeline.core.pipeline import Pipeline
+from pipeline.core.settings import CoreSettings
 from pipeline.stream import partition as partition_mod
 from pipeline.stream.flowbatch import decode, encode
 from pipeline.stream.outputs import latest_by_id
@@ -316,7 +317,9 @@ def test_ingest_reports_a_lagging_raw_partition_catching_up() -> None:
     from pipeline.stream.ingest import IngestStage
     from pipeline.stream.metrics import Metrics
 
-    stage = IngestStage(WorkerSettings(), client={}, producer=None,  # type: ignore[arg-type]
+    s = WorkerSettings()
+    stage = IngestStage(s.topics, s.stream, kafka=s.kafka, group="g", audit_start=None,
+                        client={}, producer=None,  # type: ignore[arg-type]
                         inventory=make_inventory(INVENTORY), inventory_lock=threading.Lock(),
                         metrics=Metrics())
     try:
@@ -347,7 +350,8 @@ def test_a_partition_s_earlier_messages_of_a_batch_report_the_progress_before_it
 
     settings = WorkerSettings.model_validate(
         {"topics": {"flows_partitions": 1}, "stream": {"message_rows": 4}})
-    stage = IngestStage(settings, client={}, producer=None,  # type: ignore[arg-type]
+    stage = IngestStage(settings.topics, settings.stream, kafka=settings.kafka, group="g",
+                        audit_start=None, client={}, producer=None,  # type: ignore[arg-type]
                         inventory=make_inventory(INVENTORY), inventory_lock=threading.Lock(),
                         metrics=Metrics())
     try:

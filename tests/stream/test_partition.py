@@ -12,7 +12,8 @@ import pytest
 
 from pipeline.core.baseline import DAY
 from pipeline.core.inventory import Inventory, load_inventory
-from pipeline.core.pipeline import CoreSettings, Pipeline
+from pipeline.core.pipeline import Pipeline
+from pipeline.core.settings import CoreSettings
 from pipeline.sources import get_parser
 from pipeline.sources.canonical import CanonicalParser
 from pipeline.stream.flowbatch import decode, encode

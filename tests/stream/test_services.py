@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from pipeline.core.baseline import DAY
-from pipeline.core.pipeline import SERVICE_CLIENTS_MAX, CoreSettings, Pipeline
+from pipeline.core.pipeline import SERVICE_CLIENTS_MAX, Pipeline
+from pipeline.core.settings import CoreSettings
 from pipeline.stream import partition as partition_mod
 from pipeline.stream import services as services_mod
 from pipeline.stream.flowbatch import decode, encode

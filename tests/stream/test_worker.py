@@ -11,7 +11,7 @@ replacing key (edge, minute, source_id, block → highest version) the ClickHous
 uses: exactly what one shared server would hold. A partition processed by both workers
 (before and after a rebalance) therefore counts once, and a lost message would show.
 
-Without ``audit.start`` the workers agree on one on the control topic; those tests replay
+Without ``core.audit_start`` the workers agree on one on the control topic; those tests replay
 with the agreed start.
 """
 
@@ -282,7 +282,7 @@ def _adopted(workers: list[WorkerProcess]) -> dict[int, set[str]]:
 
 def test_workers_started_together_agree_on_the_audit_start(
         kafka_bootstrap: str, reference: Reference, tmp_path: Path) -> None:
-    """audit.start unset; two workers start together and each ingests one raw partition
+    """core.audit_start unset; two workers start together and each ingests one raw partition
     whose first flow is another time. Every internal partition gets the first proposal in
     the control topic, and the results equal a replay with that start."""
     topics = new_topics(kafka_bootstrap, raw_partitions=2)
