@@ -22,7 +22,7 @@ from pipeline.commands.summary import print_replay_summary
 from pipeline.core.enrich import Orienter, enrich
 from pipeline.core.inventory import Inventory, entry_from_record, load_inventory
 from pipeline.core.normalize import IDENTITY_COLUMNS, normalize
-from pipeline.core.pipeline import CoreSettings
+from pipeline.core.settings import CoreSettings
 from pipeline.core.text import MAX_IDENTITY_CHARS, excerpt, has_unsafe_chars, printable
 from pipeline.errors import InputError
 from pipeline.sources import get_parser

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from pipeline.core.pipeline import CoreSettings, Pipeline
+from pipeline.core.pipeline import Pipeline
+from pipeline.core.settings import CoreSettings
 from tests.conftest import DAY, T0, flow, flows_table, make_inventory
 
 INV = [{"ip": "10.0.0.1", "app": "web", "namespace": "shop"},
