@@ -218,7 +218,7 @@ class PartitionState:
         elif start not in self._reported:
             self._reported.add(start)
             log.warning("partition %d: a message carries audit start %s but the partition's "
-                        "is %s; keeping its own (workers with different audit.start, or a "
+                        "is %s; keeping its own (workers with different core.audit_start, or a "
                         "new control topic?)", self.partition, iso(start), iso(p.audit_start))
 
     def _merge_progress(self, batch: FlowBatch) -> None:

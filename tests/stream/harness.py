@@ -93,6 +93,7 @@ class WorkerProcess:
     log: Path
     proc: subprocess.Popen[bytes] | None = None
     exit_codes: list[int] = field(default_factory=list)
+    entry: tuple[str, ...] = ("-m", "pipeline.commands.cli")  # what runs `worker --config`
 
     def start(self) -> WorkerProcess:
         env = {"SEGFLOW_LIB_LOG_LEVEL": "INFO", **os.environ, "SEGFLOW_LOG_LEVEL": "INFO",
@@ -100,7 +101,7 @@ class WorkerProcess:
         env.pop("SEGFLOW_DEBUG", None)
         fh = self.log.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.commands.cli", "worker", "--config", str(self.config)],
+            [sys.executable, *self.entry, "worker", "--config", str(self.config)],
             cwd=REPO_ROOT, stdout=fh, stderr=subprocess.STDOUT, env=env)
         fh.close()
         return self
