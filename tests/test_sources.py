@@ -292,7 +292,7 @@ def test_goflow_mixed_keys_in_one_block_and_bad_lines() -> None:
     assert rows[0]["src_namespace"] == "shop" and rows[0]["src_app"] == "cart"
     assert rows[1]["bytes"] == 12
     assert [(r.reason, r.source) for r in res.rejects] == [
-        ("time_range", "t:4"), ("not_goflow2", "t:5"), ("bad_json", "t:6")]
+        ("time_relative", "t:4"), ("not_goflow2", "t:5"), ("bad_json", "t:6")]
 
 
 # ------------------------------------------------------------------ Zeek

@@ -126,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--save-baseline", type=Path, metavar="DIR",
                    help="write the learned baseline + manifest here, e.g. models/prod-2026-01 "
                    "(default: not saved)")
+    r.add_argument("--time-offset", type=_time_arg, default=0.0, metavar="SECONDS|TIME",
+                   help="add this to every flow time: for captures that log times relative to "
+                   "their start (e.g. Zeek on a pcap: pass its '#open' time, 2017-03-08T13:47:04Z "
+                   "or epoch seconds); rejected as time_relative otherwise (default 0)")
     r.add_argument("--progress", choices=MODES, default="auto",
                    help="bar: a progress bar; log: a line every --progress-every seconds "
                    "(flows, rate, event time, ETA); auto: bar on a terminal, else log "
@@ -148,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="flows per day across the estate (default %(default)s)")
     g.add_argument("--no-attacks", action="store_true",
                    help="benign traffic only (default: attacks injected after the audit)")
+    g.add_argument("--workstations", type=int, default=0,
+                   help="add a flat office network of this many workstations (default 0)")
+    g.add_argument("--attack-kinds", default="classic",
+                   help="comma-separated attack kinds, 'classic' or 'all' (default %(default)s; "
+                   "kinds: " + ", ".join(_attack_kinds()) + ")")
     k = g.add_argument_group("kafka")
     k.add_argument("--to-kafka", metavar="BOOTSTRAP",
                    help="produce the flows to this broker instead of writing files")
@@ -170,6 +179,31 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=7,
                    help="random seed of the generated estate (default %(default)s)")
     _core_flags(d)
+
+    ev = sub.add_parser("eval", help="detection quality on labeled data: generated estates "
+                        "(or real labeled Zeek captures), segflow vs two naive detectors")
+    ev.add_argument("--seeds", default="1,2,3",
+                    help="comma-separated estate seeds (default %(default)s)")
+    ev.add_argument("--sizes", default="small,medium",
+                    help="comma-separated estate sizes: small, medium, large (default %(default)s)")
+    ev.add_argument("--audit-days", default=None,
+                    help="comma-separated audit lengths in days (default 7,14; with --capture "
+                    "one length, fractions allowed, default 1)")
+    ev.add_argument("--post-days", type=int, default=7,
+                    help="days checked after the audit (default %(default)s)")
+    ev.add_argument("--kinds", default="all",
+                    help="attack kinds, comma-separated, 'classic' or 'all' (default %(default)s)")
+    ev.add_argument("--json", type=Path, help="also write every score as JSON here")
+    cap = ev.add_argument_group("real labeled captures")
+    cap.add_argument("--capture", type=Path, nargs="+", metavar="CONN_LOG",
+                     help="labeled Zeek conn logs (label/detailedlabel columns, e.g. the "
+                     "Stratosphere datasets) instead of generated estates")
+    cap.add_argument("--internal-cidrs", default=None,
+                     help="comma-separated internal ranges (default RFC 1918, CGNAT, ULA)")
+    cap.add_argument("--inventory", type=Path, help="inventory for the capture (default: none)")
+    cap.add_argument("--time-offset", type=_time_arg, default=0.0, metavar="SECONDS|TIME",
+                     help="added to every time of a capture logged relative to its start "
+                     "(default 0)")
 
     m = sub.add_parser("migrate", help="apply ClickHouse migrations to a store")
     m.add_argument("--store", default=None,
@@ -286,6 +320,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 policies_dir=args.policies, policy_format=args.policy_format,
                 policy_cloud=args.policy_cloud, baseline_dir=args.save_baseline,
                 progress=args.progress, progress_every=args.progress_every, outputs=outputs,
+                time_offset=args.time_offset,
             )
             if args.report and summary.flows:
                 from pipeline.commands.report import build_report, inputs_from_summary
@@ -318,6 +353,10 @@ def nothing_accepted(summary: Any, dead_letter: Path | None, fmt: str = "auto") 
     reasons = ", ".join(f"{k} {v:,}" for k, v in summary.reject_reasons.most_common(3)) or (
         "all skipped")
     where = f"rejects in {dead_letter}" if dead_letter else "see them with --dead-letter FILE"
+    if summary.reject_reasons.get("time_relative"):
+        return (f"none of the {summary.records:,} records was accepted ({reasons}): the times "
+                "look relative to the capture's start; pass --time-offset with when it began "
+                f"(e.g. Zeek's '#open' time); {where}")
     return (f"none of the {summary.records:,} records was accepted ({reasons}): check --format "
             f"and --fields; {where}")
 
@@ -327,7 +366,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     cfg = GenerateConfig(seed=args.seed, apps=args.apps, days=args.days,
                          audit_days=args.audit_days, flows_per_day=args.flows_per_day,
-                         attacks=not args.no_attacks)
+                         attacks=not args.no_attacks, workstations=args.workstations,
+                         attack_kinds=_kinds(args.attack_kinds))
     if args.to_kafka:
         return _generate_to_kafka(cfg, args)
     if args.out is None:
@@ -351,6 +391,73 @@ def _generate_to_kafka(cfg: Any, args: argparse.Namespace) -> int:
     print(f"produced {s.flows:,} flows in {s.messages:,} messages to {args.topic} on "
           f"{args.to_kafka} ({s.flows_per_second:,.0f} flows/s); "
           f"{s.inventory_entries} inventory entries to {args.inventory_topic or '-'}")
+    return 0
+
+
+def _attack_kinds() -> tuple[str, ...]:
+    from pipeline.generate.config import ATTACK_KINDS
+
+    return ATTACK_KINDS
+
+
+def _kinds(text: str) -> tuple[str, ...]:
+    from pipeline.generate.config import ATTACK_KINDS, CLASSIC_KINDS
+
+    if text.strip() in ("all", ""):
+        return ATTACK_KINDS
+    if text.strip() == "classic":
+        return CLASSIC_KINDS
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    bad = [k for k in kinds if k not in ATTACK_KINDS]
+    if bad:
+        raise ConfigError(f"unknown attack kind(s) {', '.join(bad)}; choose from "
+                          f"{', '.join(ATTACK_KINDS)}, 'classic' or 'all'")
+    return kinds
+
+
+def _list(text: str, kind: type, flag: str) -> list[Any]:
+    try:
+        return [kind(x.strip()) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag}: '{text}' is not a comma-separated list of "
+                          f"{kind.__name__} values") from None
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pipeline.commands import evaluate as ev
+
+    results: list[Any] = []
+    if args.capture:
+        from pipeline.core.inventory import DEFAULT_INTERNAL_CIDRS, Inventory, load_inventory
+
+        cidrs = tuple(_list(args.internal_cidrs, str, "--internal-cidrs")) \
+            if args.internal_cidrs else DEFAULT_INTERNAL_CIDRS
+        inventory = (load_inventory(args.inventory, internal_cidrs=cidrs) if args.inventory
+                     else Inventory(internal_cidrs=cidrs))
+        days = _list(args.audit_days or "1", float, "--audit-days")[0]
+        results.append(ev.run_capture(list(args.capture), audit_days=days, inventory=inventory,
+                                      internal_cidrs=cidrs, offset=args.time_offset))
+    else:
+        sizes = _list(args.sizes, str, "--sizes")
+        bad = [x for x in sizes if x not in ev.SIZES]
+        if bad:
+            raise ConfigError(f"--sizes: unknown size(s) {', '.join(bad)}; choose from "
+                              f"{', '.join(ev.SIZES)}")
+        specs = [ev.EstateSpec(seed, size, audit, args.post_days)
+                 for seed in _list(args.seeds, int, "--seeds") for size in sizes
+                 for audit in _list(args.audit_days or "7,14", int, "--audit-days")]
+
+        def progress(res: Any) -> None:
+            print(f"  {res.label}: {res.flows:,} flows in {res.seconds:.0f} s", file=sys.stderr,
+                  flush=True)
+
+        results = ev.run_eval(specs, _kinds(args.kinds), progress=progress)
+    sys.stdout.write(ev.format_results(results))
+    if args.json:
+        import orjson
+
+        args.json.write_bytes(orjson.dumps([r.as_dict() for r in results],
+                                           option=orjson.OPT_INDENT_2))
     return 0
 
 
@@ -454,7 +561,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return run_worker(args.config, args.role)
 
 
-COMMANDS = {"rules": cmd_rules, "simulate": cmd_simulate,
+COMMANDS = {"eval": cmd_eval, "rules": cmd_rules, "simulate": cmd_simulate,
             "replay": cmd_replay, "generate": cmd_generate, "demo": cmd_demo,
             "migrate": cmd_migrate, "query": cmd_query, "report": cmd_report, "worker": cmd_worker}
 

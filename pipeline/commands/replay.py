@@ -34,6 +34,7 @@ import pyarrow.compute as pc
 from pipeline.commands.progress import DEFAULT_EVERY, Progress
 from pipeline.core.columns import Reject
 from pipeline.core.inventory import Inventory
+from pipeline.core.normalize import shifted
 from pipeline.core.ocsf import violation_formatter
 from pipeline.core.pipeline import BatchOutput, Pipeline
 from pipeline.core.settings import CoreSettings
@@ -197,6 +198,7 @@ def replay(
     on_batch: Callable[[BatchOutput], None] | None = None,
     outputs: Outputs | None = None,
     warn: Callable[[str], None] = _stderr_warning,
+    time_offset: float = 0.0,
 ) -> ReplaySummary:
     """Replay flow files through the core; write to the store and the requested files.
 
@@ -204,7 +206,8 @@ def replay(
     the same run) or, without it, put in place when the replay returns; a replay that raises
     leaves every existing output file as it was. ``inventory`` None or empty: allowed only
     when the flows name their workloads (InputError otherwise, before anything is written).
-    ``progress``: auto, bar, log, off.
+    ``progress``: auto, bar, log, off. ``time_offset``: seconds added to every flow time
+    (for captures logged relative to their start).
     """
     if outputs is None:
         with Outputs() as own:
@@ -214,7 +217,7 @@ def replay(
                           policy_format=policy_format, policy_cloud=policy_cloud,
                           baseline_dir=baseline_dir, progress=progress,
                           progress_every=progress_every, violations_format=violations_format,
-                          on_batch=on_batch, outputs=own, warn=warn)
+                          on_batch=on_batch, outputs=own, warn=warn, time_offset=time_offset)
     paths = expand_inputs(paths)
     summary = ReplaySummary(files=len(paths))
 
@@ -265,10 +268,12 @@ def replay(
     try:
         for path, name in plan:
             parser = get_parser(name, **(format_options or {}))
-            seed = content_seed(name, format_options)
+            seed = content_seed(name, format_options) + (
+                f"|time_offset={time_offset!r}".encode() if time_offset else b"")
             source_id = ""
             bar.next_file(path)
-            for result in parse_file(path, parser, seed=seed, on_read=bar.read):
+            for result in shifted(parse_file(path, parser, seed=seed, on_read=bar.read),
+                                  time_offset):
                 summary.records += result.records_in
                 reject(result.rejects)
                 named = _source_named(result.flows) if result.flows.num_rows else 0

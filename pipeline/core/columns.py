@@ -60,7 +60,8 @@ class Reject:
 DEAD_LETTER_REASONS: tuple[str, ...] = (
     # any format
     "bad_json", "bad_record", "missing_field", "bad_type", "bad_time", "time_order",
-    "time_range", "bad_ip", "bad_proto", "port_range", "negative_counter", "bad_tuple",
+    "time_range", "time_relative", "bad_ip", "bad_proto", "port_range", "negative_counter",
+    "bad_tuple",
     # a block that is not the declared format
     "not_aws_vpc", "not_azure_flow_log", "not_gcp_vpc", "not_goflow2", "not_hubble",
     "not_suricata", "not_zeek", "not_zeek_conn",

@@ -10,10 +10,13 @@ Vectorized: Arrow compute for numbers; IPs and string timestamps are parsed once
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import numpy as np
 import orjson
@@ -66,6 +69,34 @@ ACTION_WORDS: dict[str, int] = {
     "d": ACTION_REJECT,
     "error": ACTION_REJECT,
 }
+
+# Seconds added to every flow time before the checks (``--time-offset``): captures that log
+# times relative to their start (1970-01-01 + a few seconds) are shifted to when they ran.
+T = TypeVar("T")
+_TIME_OFFSET: ContextVar[float] = ContextVar("segflow_time_offset", default=0.0)
+
+
+@contextlib.contextmanager
+def time_offset(seconds: float) -> Iterator[None]:
+    """Within the block (this thread), :func:`normalize` adds ``seconds`` to every time."""
+    token = _TIME_OFFSET.set(float(seconds))
+    try:
+        yield
+    finally:
+        _TIME_OFFSET.reset(token)
+
+
+def shifted(items: Iterator[T], seconds: float) -> Iterator[T]:
+    """``items`` (e.g. a file's parse results) with each one produced under
+    :func:`time_offset` ``(seconds)``."""
+    while True:
+        with time_offset(seconds):
+            try:
+                item = next(items)
+            except StopIteration:
+                return
+        yield item
+
 
 _IP_CACHE_MAX = 1 << 20  # distinct address strings remembered (bounded: cleared when full)
 _ip_cache: dict[str, str | None] = {}
@@ -362,6 +393,15 @@ def normalize(
         flag(~ok_e & ~null_end, "bad_time", "'end' is not epoch seconds or an RFC 3339 time")
     else:
         end = start.copy()
+    shift = _TIME_OFFSET.get()
+    if shift:
+        start, end = start + shift, end + shift
+    flag(
+        (start >= 0) & (start < MIN_EPOCH),
+        "time_relative",
+        "'start' is before 2000: a time relative to the capture's start? pass --time-offset "
+        "with the capture's start (e.g. the Zeek '#open' time)",
+    )
     flag(
         (start < MIN_EPOCH) | (start >= MAX_EPOCH),
         "time_range",
@@ -427,4 +467,5 @@ def normalize(
     return table, row_errors
 
 
-__all__ = ["PROTO_NAMES", "RowError", "canonical_ip", "normalize", "parse_time_text"]
+__all__ = ["PROTO_NAMES", "RowError", "canonical_ip", "normalize", "parse_time_text",
+           "shifted", "time_offset"]

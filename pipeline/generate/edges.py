@@ -19,10 +19,10 @@ from pipeline.generate.workload import SimWorkload
 TCP, UDP, ICMP = 6, 17, 1
 PROBE = -1  # port placeholder: a random port from PROBE_PORTS per flow
 
-# schedules
-DIURNAL, FLAT, BACKUP, BUSINESS, WEEKLY = range(5)
-LEAD = np.array([0.0, 0.0, 0.0, 0.0, 5.0])  # seconds after the hour a schedule may start
-SPAN = np.array([HOUR, HOUR, HOUR, HOUR, 1_790.0])  # seconds of the hour it may use
+# schedules (PERIODIC edges are not Poisson: each source host sends every ``period`` seconds)
+DIURNAL, FLAT, BACKUP, BUSINESS, WEEKLY, PERIODIC = range(6)
+LEAD = np.array([0.0, 0.0, 0.0, 0.0, 5.0, 0.0])  # seconds after the hour a schedule may start
+SPAN = np.array([HOUR, HOUR, HOUR, HOUR, 1_790.0, HOUR])  # seconds of the hour it may use
 NIGHT_FLOOR = 0.3  # night volume relative to the afternoon peak
 WEEKEND = 0.5  # weekend volume relative to weekdays
 FLAT_SHARES = {"scrape": 0.07, "logs": 0.03, "icmp": 0.01, "probe": 0.005}
@@ -34,7 +34,7 @@ def profiles(hour_starts: np.ndarray) -> np.ndarray:
     hod = (hour_starts // HOUR) % 24
     dow = ((hour_starts // DAY).astype(np.int64) + 3) % 7  # Monday = 0
     weekday = dow < 5
-    out = np.zeros((5, len(hour_starts)))
+    out = np.zeros((6, len(hour_starts)))  # PERIODIC stays 0: synthesised separately
     bump = 0.5 - 0.5 * np.cos(2 * np.pi * (hod + 0.5 - 2.5) / 24)  # trough 02:30, peak 14:30
     out[DIURNAL] = (NIGHT_FLOOR + (1 - NIGHT_FLOOR) * bump) * np.where(weekday, 1.0, WEEKEND)
     out[FLAT] = 1.0
@@ -61,6 +61,7 @@ class EdgePlan:
     v6: np.ndarray  # may use IPv6 when both ends are dual-stack
     reject: np.ndarray  # the flows are blocked
     role: list[str]  # what the edge is, e.g. "api->db"
+    period: np.ndarray  # seconds between a source host's flows on PERIODIC edges, else 0
 
     def __len__(self) -> int:
         return len(self.src)
@@ -78,11 +79,11 @@ class _Rows:
     def add(self, src: SimWorkload, dst: SimWorkload, proto: int, port: int, sched: int,
             rate: float, size: float, size_sigma: float, dur: float, role: str,
             group: str = "diurnal", v6: bool = False, reject: bool = False,
-            dur_sigma: float = 0.8) -> None:
+            dur_sigma: float = 0.8, period: float = 0.0) -> None:
         jitter = float(self.rng.lognormal(0.0, 0.4))
         weight = rate * float(self.rng.lognormal(0.0, 0.3))
         self.rows.append((src.idx, dst.idx, proto, port, sched, weight, np.log(size * jitter),
-                          size_sigma, np.log(dur), dur_sigma, v6, reject, role, group))
+                          size_sigma, np.log(dur), dur_sigma, v6, reject, role, group, period))
 
 
 def build_plan(cfg: GenerateConfig, pop: Population) -> EdgePlan:
@@ -139,7 +140,36 @@ def build_plan(cfg: GenerateConfig, pop: Population) -> EdgePlan:
             rows.add(api, oracle, TCP, oracle.port, DIURNAL, 1, 8_000, 0.9, 0.05, "api->legacy")
 
     _shared_rows(rows, pop, by_group, rng)
+    if cfg.workstations:
+        _office_rows(rows, pop)
     return _finish(rows, cfg)
+
+
+EDR_PERIOD = 600.0  # seconds between an EDR agent's check-ins (legitimately periodic)
+
+
+def _office_rows(rows: _Rows, pop: Population) -> None:
+    """Workstation traffic, mostly in office hours; rates are per workstation and hour."""
+    find = pop.find
+    ws, files = find("vm", "corp/workstation"), find("vm", "corp/file-server")
+    dc, edr = find("vm", "corp/domain-controller"), find("vm", "corp/edr-console")
+    internet = find("external", "external/internet")
+    assert ws and files and dc and edr and internet
+    n = ws.base_replicas
+
+    def add(dst: SimWorkload, proto: int, port: int, sched: int, per_host: float, size: float,
+            sigma: float, dur: float, role: str) -> None:
+        rows.add(ws, dst, proto, port, sched, per_host * n, size, sigma, dur, role, group="abs")
+
+    add(files, TCP, 445, BUSINESS, 4.0, 150_000, 1.5, 2.0, "ws->files")
+    add(dc, TCP, 389, BUSINESS, 2.0, 3_000, 0.6, 0.05, "ws->dc")
+    add(dc, TCP, 88, BUSINESS, 1.0, 2_500, 0.5, 0.05, "ws->dc")
+    add(dc, UDP, DNS_PORT, DIURNAL, 4.0, 120, 0.3, 0.002, "ws->dns")
+    add(ws, TCP, 445, BUSINESS, 0.1, 400_000, 1.5, 3.0, "ws->ws")  # shares, printing
+    add(internet, TCP, PUBLIC_PORT, BUSINESS, 12.0, 60_000, 1.6, 2.0, "ws->internet")
+    add(internet, TCP, 80, BUSINESS, 2.0, 20_000, 1.4, 0.5, "ws->internet")
+    rows.add(ws, edr, TCP, PUBLIC_PORT, PERIODIC, 0.0, 2_000, 0.3, 0.2, "ws->edr", group="abs",
+             period=EDR_PERIOD)
 
 
 def _shared_rows(rows: _Rows, pop: Population, by_group: dict[str, dict[str, SimWorkload]],
@@ -196,12 +226,14 @@ def _finish(rows: _Rows, cfg: GenerateConfig) -> EdgePlan:
             hourly[sel] = share * cfg.flows_per_day * weight[sel] / (total * mean_mod * 24)
     absolute = group == "abs"  # scheduled jobs: the weight is the count per active hour
     hourly[absolute] = weight[absolute]
+    sched = np.array(cols[4], dtype=np.int64)
+    hourly[sched == PERIODIC] = 0.0
     return EdgePlan(
         src=np.array(cols[0], dtype=np.int64),
         dst=np.array(cols[1], dtype=np.int64),
         proto=np.array(cols[2], dtype=np.int16),
         port=np.array(cols[3], dtype=np.int32),
-        sched=np.array(cols[4], dtype=np.int64),
+        sched=sched,
         hourly=hourly,
         bytes_mu=np.array(cols[6]),
         bytes_sigma=np.array(cols[7]),
@@ -210,8 +242,9 @@ def _finish(rows: _Rows, cfg: GenerateConfig) -> EdgePlan:
         v6=np.array(cols[10], dtype=bool),
         reject=np.array(cols[11], dtype=bool),
         role=list(cols[12]),
+        period=np.array(cols[14], dtype=np.float64),
     )
 
 
-__all__ = ["BACKUP", "BUSINESS", "DIURNAL", "FLAT", "ICMP", "LEAD", "PROBE", "SPAN", "TCP", "UDP",
-           "WEEKLY", "EdgePlan", "build_plan", "profiles"]
+__all__ = ["BACKUP", "BUSINESS", "DIURNAL", "FLAT", "ICMP", "LEAD", "PERIODIC", "PROBE", "SPAN",
+           "TCP", "UDP", "WEEKLY", "EdgePlan", "build_plan", "profiles"]

@@ -1,13 +1,21 @@
-"""Ground truth: attacks after the audit, benign churn and rare jobs, and the flows attacks add.
+"""Ground truth: attacks, benign churn and rare jobs, and the flows attacks add.
 
 Attack flows are synthesised here (they are not in the plan); benign churn comes from
 :mod:`pipeline.generate.lifecycle` and the weekly job's flows from the plan itself.
+
+Attack kinds (:data:`~pipeline.generate.config.ATTACK_KINDS`): the classic five (a new edge,
+a fast port scan, a new port on a known edge, identity-wide exfiltration, off-hours use of a
+bastion edge) and five that hide inside known identity edges: a worm spreading between
+workstations over the SMB edge the audit saw, a beacon to a known peer, a slow horizontal
+scan (internal hosts or internet addresses), one host's exfiltration on an edge its whole
+fleet uses, and an attack during the audit. Timing (day, hour), size and pace are drawn at
+random per estate; nothing here knows how the detectors work.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -28,6 +36,7 @@ class _Attack:
     pop: Population
     plan: EdgePlan
     rng: np.random.Generator
+    _ip_index: dict[str, int] = field(default_factory=dict)
 
     def pod(self, w: SimWorkload, t0: float, t1: float) -> int | None:
         alive = self.pop.alive(w, t0, t1)
@@ -35,7 +44,10 @@ class _Attack:
 
     def flows(self, t: np.ndarray, src_inc: int, dst_inc: np.ndarray, dport: np.ndarray,
               size: np.ndarray, dur: np.ndarray, packets: np.ndarray | None = None,
-              action: np.ndarray | None = None, flags: np.ndarray | None = None) -> SimFlows:
+              action: np.ndarray | None = None, flags: np.ndarray | None = None,
+              dst_ip: np.ndarray | None = None) -> SimFlows:
+        """Attack flows from one source incarnation; ``dst_ip`` (address indices) replaces
+        the destinations' incarnation addresses (targets that are not hosts of the estate)."""
         n = len(t)
         pop = self.pop
         src_incs = np.full(n, src_inc)
@@ -47,7 +59,7 @@ class _Attack:
             start=start,
             end=ms_floor(start + dur),
             src=pop.inc_ip4[src_incs],
-            dst=pop.inc_ip4[dst_inc],
+            dst=pop.inc_ip4[dst_inc] if dst_ip is None else np.asarray(dst_ip, dtype=np.int32),
             sport=self.rng.integers(32_768, 61_000, n).astype(np.int32),
             dport=np.asarray(dport, dtype=np.int32),
             proto=np.full(n, TCP, dtype=np.int16),
@@ -55,12 +67,30 @@ class _Attack:
             packets=packets,
             action=(np.full(n, ACTION_ACCEPT) if action is None else action).astype(np.int8),
             flags=(np.full(n, 0x1B) if flags is None else flags).astype(np.int16),
-            exporter=exporters_of(pop, src_incs, dst_inc),
+            exporter=exporters_of(pop, src_incs, np.asarray(dst_inc)),
         )
+
+    def ip(self, text: str) -> int:
+        """Index of an address in the estate's address table (added when new)."""
+        ips = self.pop.ips
+        if not self._ip_index:
+            self._ip_index.update((a, i) for i, a in enumerate(ips))
+        idx = self._ip_index.get(text)
+        if idx is None:
+            idx = self._ip_index[text] = len(ips)
+            ips.append(text)
+        return idx
+
+    def rows(self, *roles: str) -> list[int]:
+        return [r for r in range(len(self.plan)) if self.plan.role[r] in roles]
+
+    def fleet(self) -> SimWorkload | None:
+        return self.pop.find("vm", "corp/workstation")
 
     def truth(self, kind: str, expected: str, src: SimWorkload, f: SimFlows,
               dst: SimWorkload | None, text: str) -> Truth:
         ips = self.pop.ips
+        dst_ips = sorted({ips[int(i)] for i in np.unique(f.dst)})
         return {
             "type": kind,
             "malicious": True,
@@ -68,7 +98,8 @@ class _Attack:
             "end": float(f.end.max()),
             "src_ip": ips[int(f.src[0])],
             "src_workload": src.key,
-            "dst_ips": sorted({ips[int(i)] for i in np.unique(f.dst)}),
+            "dst_ips": dst_ips[:64],
+            "dst_hosts": len(dst_ips),
             "dst_workload": dst.key if dst else None,
             "dst_ports": sorted(int(p) for p in np.unique(f.dport)),
             "expected": [expected],
@@ -200,29 +231,176 @@ def _off_hours(a: _Attack, t0: float) -> tuple[Truth, SimFlows] | None:
     return None
 
 
-ATTACKS: tuple[tuple[Callable[[_Attack, float], tuple[Truth, SimFlows] | None], float], ...] = (
-    (_lateral, 10.0),
-    (_scan, 13.0),
-    (_new_listener, 11.0),
-    (_exfiltration, 14.0),
-    (_off_hours, 3.0),
-)
+def _worm(a: _Attack, t0: float) -> tuple[Truth, SimFlows] | None:
+    ws = a.fleet()
+    if ws is None or not a.rows("ws->ws"):
+        return None
+    hosts = a.pop.alive(ws, t0, t0 + 4 * HOUR)
+    if len(hosts) < 8:
+        return None
+    src = int(a.rng.choice(hosts))
+    others = hosts[hosts != src]
+    n = int(a.rng.integers(min(6, len(others)), min(60, len(others)) + 1))
+    targets = a.rng.choice(others, n, replace=False)
+    span = float(a.rng.uniform(120, 2 * HOUR))
+    first = t0 + np.sort(a.rng.uniform(0, span, n))
+    blocked = a.rng.random(n) < a.rng.uniform(0.0, 0.4)  # host firewalls
+    tries = a.rng.integers(1, 4, n)  # probe, exploit, drop the payload
+    t = np.concatenate([f + np.arange(k) * a.rng.uniform(0.5, 5) for f, k in
+                        zip(first, tries, strict=True)])
+    dst = np.repeat(targets, tries)
+    rej = np.repeat(blocked, tries)
+    size = np.where(rej, 120, a.rng.lognormal(np.log(60_000), 1.0, len(t)))
+    f = a.flows(t, src, dst, np.full(len(t), ws.port), size, np.where(rej, 0, 2.0),
+                action=np.where(rej, ACTION_REJECT, ACTION_ACCEPT),
+                flags=np.where(rej, 0x02, 0x1B))
+    text = (f"a worm on one {ws.key} host spreads to {n} other workstations over SMB/{ws.port}, "
+            f"an edge the audit saw, in {span / 60:.0f} minutes")
+    return a.truth("worm", "fan_out", ws, f, ws, text), f
+
+
+def _beacon(a: _Attack, t0: float) -> tuple[Truth, SimFlows] | None:
+    pop, plan = a.pop, a.plan
+    rows = a.rows("api->partner", "api->api", "ws->internet")
+    for r in a.rng.permutation(len(rows)):
+        row = rows[int(r)]
+        src, dst = pop.workloads[int(plan.src[row])], pop.workloads[int(plan.dst[row])]
+        period = float(a.rng.uniform(30, 900))
+        beats = int(a.rng.integers(12, 80))
+        span = period * beats
+        s, d = a.pod(src, t0, t0 + span), a.pod(dst, t0, t0 + span)
+        if s is None or d is None:
+            continue
+        jitter = float(a.rng.uniform(0.0, 0.15))
+        t = t0 + np.arange(beats) * period + a.rng.uniform(-jitter, jitter, beats) * period
+        size = a.rng.lognormal(np.log(2_500), 0.5, beats)
+        f = a.flows(np.sort(t), s, np.full(beats, d), np.full(beats, int(plan.port[row])), size,
+                    a.rng.uniform(0.05, 1.0, beats))
+        text = (f"implant on {src.key} beacons to its known peer {dst.key} every "
+                f"{period:.0f} s (±{jitter:.0%}) for {span / 3600:.1f} h")
+        return a.truth("beacon", "beacon", src, f, dst, text), f
+    return None
+
+
+SCAN_PORTS = (22, 23, 80, 443, 445, 3389, 5900, 8080)
+
+
+def _slow_scan(a: _Attack, t0: float) -> tuple[Truth, SimFlows] | None:
+    pop = a.pop
+    sources = [w for w in a.tiers("api", "web", "worker")]
+    if (ws := a.fleet()) is not None:
+        sources.append(ws)
+    src_w = sources[int(a.rng.integers(len(sources)))]
+    n = int(a.rng.integers(25, 121))
+    gap = a.rng.exponential(a.rng.uniform(30, 300), n)
+    t = t0 + np.cumsum(gap)
+    s = a.pod(src_w, t0, float(t[-1]))
+    if s is None:
+        return None
+    port = int(a.rng.choice(SCAN_PORTS))
+    internet = bool(a.rng.random() < 0.5)
+    if internet:
+        octets = a.rng.integers(1, 255, (n, 3))
+        first = a.rng.choice([5, 31, 45, 62, 77, 91, 103, 141, 176, 185, 193, 212], n)
+        texts = [f"{o}.{x}.{y}.{z}" for o, (x, y, z) in zip(first, octets, strict=True)]
+    else:
+        inside = np.array([w.kind in ("pod", "vm") for w in pop.workloads])[pop.inc_wl]
+        alive = np.flatnonzero(inside & (pop.inc_start <= t0) & (pop.inc_stop > t[-1]))
+        known = sorted({pop.ips[int(pop.inc_ip4[i])] for i in alive if i != s})
+        real = a.rng.choice(known, min(len(known), n // 2), replace=False).tolist()
+        empty = [f"10.{int(a.rng.integers(1, 60))}.{int(a.rng.integers(0, 256))}."
+                 f"{int(a.rng.integers(1, 255))}" for _ in range(n - len(real))]
+        texts = [str(x) for x in a.rng.permutation(np.array(real + empty, dtype=object))]
+    dst_ip = np.array([a.ip(x) for x in texts], dtype=np.int32)
+    answered = a.rng.random(n) < a.rng.uniform(0.05, 0.3)
+    rejected = ~answered & (a.rng.random(n) < a.rng.uniform(0.0, 0.4))
+    packets = np.where(answered, 3, a.rng.integers(1, 3, n))
+    f = a.flows(t, s, np.full(n, s), np.full(n, port), packets * 60, np.zeros(n),
+                packets=packets, action=np.where(rejected, ACTION_REJECT, ACTION_ACCEPT),
+                flags=np.where(answered, 0x16, 0x02), dst_ip=dst_ip)
+    where = "internet addresses" if internet else "internal addresses"
+    text = (f"{src_w.key} host slowly sweeps {n} {where} on port {port} "
+            f"over {(t[-1] - t0) / 3600:.1f} h")
+    return a.truth("slow_scan", "fan_out", src_w, f, None, text), f
+
+
+def _host_exfiltration(a: _Attack, t0: float) -> tuple[Truth, SimFlows] | None:
+    pop, plan = a.pop, a.plan
+    rows = a.rows("ws->internet", "ws->files") or a.rows("api->db", "reader->db", "api->partner")
+    for r in a.rng.permutation(len(rows)):
+        row = rows[int(r)]
+        src, dst = pop.workloads[int(plan.src[row])], pop.workloads[int(plan.dst[row])]
+        span = float(a.rng.uniform(20, 90)) * 60
+        s, d = a.pod(src, t0, t0 + span), a.pod(dst, t0, t0 + span)
+        if s is None or d is None or max(src.base_replicas, 1) < 2:
+            continue
+        per_host = plan.hourly[row] * plan.mean_bytes(row) / max(src.base_replicas, 1)
+        factor = float(a.rng.uniform(10, 80))
+        n = int(a.rng.integers(10, 60))
+        w = a.rng.uniform(0.5, 1.5, n)
+        size = w / w.sum() * per_host * factor * span / HOUR
+        t = t0 + np.sort(a.rng.uniform(0, span, n))
+        f = a.flows(t, s, np.full(n, d), np.full(n, int(plan.port[row])), size,
+                    a.rng.uniform(10, 120, n))
+        text = (f"one {src.key} host sends {factor:.0f}x its usual hourly bytes to {dst.key} "
+                f"({int(size.sum())} bytes in {span / 60:.0f} min) over an edge its fleet uses")
+        return a.truth("host_exfiltration", "host_volume", src, f, dst, text), f
+    return None
+
+
+def _audit_attack(a: _Attack, t0: float) -> tuple[Truth, SimFlows] | None:
+    kinds = [_scan, _slow_scan] + ([_worm] if a.fleet() is not None else [])
+    made = kinds[int(a.rng.integers(len(kinds)))](a, t0)
+    if made is None:
+        return None
+    truth, f = made
+    truth = {**truth, "type": f"audit_{truth['type']}", "expected": ["audit_finding"],
+             "phase": "audit",
+             "description": f"during the audit: {truth['description']}"}
+    return truth, f
+
+
+Make = Callable[[_Attack, float], tuple[Truth, SimFlows] | None]
+# kind → (maker, fixed UTC hour or None for a random one)
+ATTACKS: dict[str, tuple[Make, float | None]] = {
+    "lateral_movement": (_lateral, None),
+    "port_scan": (_scan, None),
+    "new_listener": (_new_listener, None),
+    "exfiltration": (_exfiltration, None),
+    "off_hours": (_off_hours, 3.0),
+    "worm": (_worm, None),
+    "beacon": (_beacon, None),
+    "slow_scan": (_slow_scan, None),
+    "host_exfiltration": (_host_exfiltration, None),
+    "audit_attack": (_audit_attack, None),
+}
 
 
 def build_attacks(
     cfg: GenerateConfig, pop: Population, plan: EdgePlan
 ) -> tuple[list[Truth], SimFlows]:
-    """Attack episodes on distinct post-audit days (sharing days only when there are few)."""
+    """Attack episodes on distinct post-audit days (sharing days only when there are few) at
+    random hours; ``audit_attack`` on a random day of the audit's second half."""
     post = list(range(cfg.audit_days, cfg.days))
-    if not cfg.attacks or not post:
+    if not cfg.attacks:
         return [], SimFlows.empty()
     a = _Attack(pop, plan, np.random.default_rng([cfg.seed, 4]))
     truths: list[Truth] = []
     flows: list[SimFlows] = []
-    for i, (make, hour) in enumerate(ATTACKS):
-        day = post[i * len(post) // len(ATTACKS)]
-        t0 = cfg.start + day * DAY + hour * HOUR + float(a.rng.uniform(0, 600))
+    kinds = [k for k in cfg.kinds if k != "audit_attack"]
+    for i, kind in enumerate(kinds if post else ()):
+        make, hour = ATTACKS[kind]
+        day = post[i * len(post) // len(kinds)]
+        h = hour if hour is not None else float(a.rng.integers(0, 23))
+        t0 = cfg.start + day * DAY + h * HOUR + float(a.rng.uniform(0, 600))
         made = make(a, float(np.floor(t0)))
+        if made is not None:
+            truths.append({"phase": "enforce", **made[0]})
+            flows.append(made[1])
+    if "audit_attack" in cfg.kinds and cfg.audit_days >= 4:
+        day = int(a.rng.integers(cfg.audit_days // 2, cfg.audit_days - 1))
+        t0 = cfg.start + day * DAY + float(a.rng.integers(0, 20)) * HOUR
+        made = _audit_attack(a, float(np.floor(t0)))
         if made is not None:
             truths.append(made[0])
             flows.append(made[1])

@@ -6,6 +6,7 @@ only ever use addresses that the inventory says are valid at that time.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from dataclasses import dataclass, field
 
@@ -31,6 +32,9 @@ PODS_PER_NODE = 20  # nodes are added so each /26 block stays about a third full
 DNS_SERVICE_IP = "10.96.0.10"
 GATEWAY_IP = "203.0.113.10"
 BASTION_IP = "10.30.0.4"
+OFFICE_NET = "10.40.0.0/22"  # workstations (an office DHCP range)
+INTERNET_NET = "198.18.0.0/15"  # what the office browses: not in the inventory (→ world)
+INTERNET_HOSTS = 3000
 _STEADY = ((15.0, 30.0), 0.005, 0.0)  # infra: rare rollouts, rare crashes, no scaling
 
 
@@ -146,12 +150,34 @@ def _infra_workloads(lc: Lifecycles, n_nodes: int) -> None:
                  [f"192.0.2.{i}" for i in range(1, 255)])
 
 
+def _office_workloads(lc: Lifecycles, n: int) -> None:
+    """A flat office: workstations, a file server, domain controllers, an EDR console, and
+    the internet they browse (many addresses, deliberately not in the inventory)."""
+    def vm(app: str, cidr: str, hosts: list[str], port: int, tier: str = "server") -> None:
+        lc.add_fixed(SimWorkload(0, "corp", app, tier, "vm", "office", port=port, cidr=cidr),
+                     hosts)
+
+    vm("workstation", OFFICE_NET, [f"10.40.{i // 200}.{10 + i % 200}" for i in range(n)], 445,
+       tier="workstation")
+    vm("file-server", "10.40.8.0/29", ["10.40.8.5"], 445)
+    vm("domain-controller", "10.40.8.8/29", ["10.40.8.10", "10.40.8.11"], 389)
+    vm("edr-console", "10.40.8.16/29", ["10.40.8.20"], 443)
+    rng = np.random.default_rng([lc.cfg.seed, 5])
+    base = int(ipaddress.IPv4Address(INTERNET_NET.split("/")[0]))
+    offsets = np.sort(rng.choice(1 << 17, INTERNET_HOSTS, replace=False))
+    hosts = [str(ipaddress.IPv4Address(base + int(o))) for o in offsets]
+    lc.add_fixed(SimWorkload(0, "external", "internet", "external", "external", "internet",
+                             port=443, cidr=INTERNET_NET, listed=False), hosts)
+
+
 def build_population(cfg: GenerateConfig) -> Population:
     """Workloads, pods over time and their addresses, deterministic for ``cfg.seed``."""
     lc = Lifecycles(cfg)
     _app_workloads(lc, app_templates(cfg.apps))
     n_nodes = max(3, math.ceil((sum(w.n_slots for w in lc.workloads) + 8) / PODS_PER_NODE))
     _infra_workloads(lc, n_nodes)
+    if cfg.workstations:
+        _office_workloads(lc, cfg.workstations)
     churn = lc.allocate(n_nodes)
 
     incs = sorted(lc.incs, key=lambda i: (i.slot, i.start))

@@ -9,7 +9,17 @@ import numpy as np
 from pipeline.core.columns import ACTION_ACCEPT, ACTION_REJECT, NO_TCP_FLAGS
 from pipeline.generate.catalog import PROBE_PORTS
 from pipeline.generate.config import DAY, HOUR, GenerateConfig
-from pipeline.generate.edges import ICMP, LEAD, PROBE, SPAN, TCP, UDP, EdgePlan, profiles
+from pipeline.generate.edges import (
+    ICMP,
+    LEAD,
+    PERIODIC,
+    PROBE,
+    SPAN,
+    TCP,
+    UDP,
+    EdgePlan,
+    profiles,
+)
 from pipeline.generate.population import Population
 
 EPHEMERAL = (32_768, 61_000)  # Linux default ip_local_port_range, upper bound exclusive
@@ -94,6 +104,8 @@ def synth_day(cfg: GenerateConfig, pop: Population, plan: EdgePlan, day: int,
     sched = plan.sched[e]
     t = hours[h] + LEAD[sched] + rng.random(len(e)) * SPAN[sched]
     src_inc = pop.pick(plan.src[e], t, rng)
+    p_e, p_t, p_src = _periodic(cfg, pop, plan, t_day)
+    e, t, src_inc = np.r_[e, p_e], np.r_[t, p_t], np.r_[src_inc, p_src]
     dst_inc = pop.pick(plan.dst[e], t, rng)
     ok = (src_inc >= 0) & (dst_inc >= 0)
     e, t, src_inc, dst_inc = e[ok], t[ok], src_inc[ok], dst_inc[ok]
@@ -142,6 +154,28 @@ def synth_day(cfg: GenerateConfig, pop: Population, plan: EdgePlan, day: int,
     parts = [both, _responses(cfg, rng, both, hi)]
     out = SimFlows.concat(parts)
     return out.take(np.argsort(out.start, kind="stable"))
+
+
+def _periodic(cfg: GenerateConfig, pop: Population, plan: EdgePlan,
+              t_day: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(edge row, time, source incarnation) of PERIODIC edges on one day: every host of the
+    source workload sends once per ``period`` at its own fixed phase, ±1 s of jitter."""
+    out_e, out_t, out_src = [np.zeros(0, np.int64)], [np.zeros(0)], [np.zeros(0, np.int64)]
+    for row in np.flatnonzero(plan.sched == PERIODIC):
+        w = pop.workloads[int(plan.src[row])]
+        period = float(plan.period[row])
+        phase = np.random.default_rng([cfg.seed, 6, int(row)]).uniform(0, period, w.n_slots)
+        first = t_day + np.mod(phase - t_day, period)
+        k = np.arange(int(DAY // period) + 1)
+        t = (first[:, None] + k[None, :] * period).ravel()
+        slots = np.repeat(w.slot_base + np.arange(w.n_slots), len(k))
+        jitter = np.random.default_rng([cfg.seed, 7, int(row), int(t_day)]).uniform(-1, 1, len(t))
+        t = t + jitter
+        keep = (t >= t_day) & (t < t_day + DAY)
+        out_e.append(np.full(int(keep.sum()), row, dtype=np.int64))
+        out_t.append(t[keep])
+        out_src.append(pop.locate(slots[keep], t[keep]))
+    return np.concatenate(out_e), np.concatenate(out_t), np.concatenate(out_src)
 
 
 def _responses(cfg: GenerateConfig, rng: np.random.Generator, fwd: SimFlows,

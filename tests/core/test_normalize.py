@@ -81,3 +81,18 @@ def test_helpers():
     assert parse_time_text("2026-01-05T00:00:00.123456789Z") == pytest.approx(1767571200.123456)
     assert parse_time_text("2026-01-05T01:00:00+01:00") == 1767571200.0
     assert parse_time_text("garbage") is None
+
+
+def test_capture_relative_times_get_their_own_reason_and_an_offset_fixes_them():
+    from pipeline.core.normalize import time_offset
+
+    rel = {**GOOD, "start": 19.98, "end": 20.1}
+    r = parse(rel)
+    assert [x.reason for x in r.rejects] == ["time_relative"]
+    assert "--time-offset" in r.rejects[0].detail
+    with time_offset(1_488_980_824):  # the capture's '#open' time
+        shifted = parse(rel)
+    assert not shifted.rejects
+    row = shifted.flows.to_pylist()[0]
+    assert (row["start"], row["end"]) == pytest.approx((1_488_980_843.98, 1_488_980_844.1))
+    assert not parse(rel).flows.num_rows  # the offset ends with the block
