@@ -6,10 +6,20 @@ afterwards the baseline is frozen and only looked up. Per edge it keeps: first/l
 flows/bytes/packets, distinct days, a 24-bit UTC hour-of-day activity mask, and a log2
 histogram of hourly byte volume (median/MAD → a per-edge hourly volume threshold).
 
+Order-independent within the allowed lateness: the same flows in any arrival order learn the
+same statistics, as long as no flow is more than ``lateness`` behind the watermark given to
+:meth:`~EdgeBaseline.partial_fit` / :meth:`~EdgeBaseline.advance` (replay: the newest flow;
+streaming: the slowest raw partition). An (edge, hour)'s bytes stay open until the watermark
+passes the hour's end plus ``lateness`` and only then become one histogram sample; a day is
+counted once per edge through a 128-day bitmap behind the edge's newest day (a flow arriving
+more than 127 days behind it is learned but its day not counted).
+
 Bounded state: at most ``max_edges`` edges in total and ``max_edges_per_workload`` per client
 and per server workload (a port scan during audit saturates the scanner's budget, it does not
 grow memory). Edges past a bound are not learned; the workload is marked *saturated* (not
-ready to enforce) and the refusals counted. Memory ≈ 300 B per edge (arrays + index).
+ready to enforce) and the refusals counted. Memory ≈ 320 B per edge (arrays + index), plus
+at most ``max_open_hours`` open (edge, hour) sums (16 B each; past it the oldest close early,
+counted in ``early_closed_hours_``).
 
 Estimator-like: ``__init__`` only stores parameters, learned attributes end in ``_`` and
 exist from the first :meth:`~EdgeBaseline.partial_fit` (or :meth:`~EdgeBaseline.freeze`) on,
@@ -32,6 +42,7 @@ HOUR = 3600.0
 DAY = 86400.0
 _ALL_HOURS = (1 << 24) - 1
 _CAPACITY = 1024  # rows allocated at first use; doubles as edges are admitted
+DAY_BITS = 128  # days behind an edge's newest day whose presence is remembered
 # the per-edge learned arrays (row i describes edge i): dtype, per-row shape, unused-row value
 _EDGE_ARRAYS: dict[str, tuple[type[np.generic], tuple[int, ...], float]] = {
     "keys_": (np.int64, (), 0),
@@ -43,6 +54,7 @@ _EDGE_ARRAYS: dict[str, tuple[type[np.generic], tuple[int, ...], float]] = {
     "hour_mask_": (np.int64, (), 0),
     "days_": (np.int32, (), 0),
     "last_day_": (np.int64, (), -1),
+    "day_bits_": (np.uint64, (2,), 0),  # bit i (lo word, then hi): day last_day_ - i seen
     "hist_": (np.uint16, (HIST_BINS,), 0),
     "peak_hour_bytes_": (np.float64, (), 0),
     "cur_hour_": (np.int64, (), -1),
@@ -96,6 +108,7 @@ class EdgeBaseline:
     frozen_: bool = False
     refused_: int = 0  # edges refused by a bound
     saturated_: Mapping[int, int] = MappingProxyType({})  # wid → edges refused
+    early_closed_hours_: int = 0  # open (edge, hour) sums closed early by max_open_hours
     # learned arrays, allocated at first use: _EDGE_ARRAYS, plus per-wid edge counts
     rows_: dict[int, int]  # edge key → row
     keys_: np.ndarray
@@ -107,6 +120,7 @@ class EdgeBaseline:
     hour_mask_: np.ndarray
     days_: np.ndarray
     last_day_: np.ndarray
+    day_bits_: np.ndarray
     hist_: np.ndarray
     peak_hour_bytes_: np.ndarray
     cur_hour_: np.ndarray
@@ -115,9 +129,11 @@ class EdgeBaseline:
     median_hour_bytes_: np.ndarray
     client_edges_: np.ndarray
     server_edges_: np.ndarray
+    open_keys_: np.ndarray  # open (edge row << 24 | hour) learning sums, sorted
+    open_bytes_: np.ndarray
     _PARAMS: ClassVar[tuple[str, ...]] = (
         "max_edges", "max_edges_per_workload", "volume_min_bytes", "volume_mad_k",
-        "volume_peak_factor")
+        "volume_peak_factor", "lateness", "max_open_hours")
 
     def __init__(
         self,
@@ -127,12 +143,16 @@ class EdgeBaseline:
         volume_min_bytes: float = 1e6,
         volume_mad_k: float = 3.0,
         volume_peak_factor: float = 3.0,
+        lateness: float = 300.0,
+        max_open_hours: int = 1_000_000,
     ) -> None:
         self.max_edges = max_edges
         self.max_edges_per_workload = max_edges_per_workload
         self.volume_min_bytes = volume_min_bytes
         self.volume_mad_k = volume_mad_k
         self.volume_peak_factor = volume_peak_factor
+        self.lateness = lateness
+        self.max_open_hours = max_open_hours
 
     # -- storage -------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -148,6 +168,8 @@ class EdgeBaseline:
         self.client_edges_ = np.zeros(1024, dtype=np.int32)
         self.server_edges_ = np.zeros(1024, dtype=np.int32)
         self.saturated_ = {}
+        self.open_keys_ = np.zeros(0, dtype=np.int64)
+        self.open_bytes_ = np.zeros(0, dtype=np.float64)
 
     def _grow(self, need: int) -> None:
         cap = len(self.keys_)
@@ -180,6 +202,9 @@ class EdgeBaseline:
             "frozen": self.frozen_,
             "refused": self.refused_,
             "saturated": [[k, v] for k, v in self.saturated_.items()],
+            "early_closed_hours": self.early_closed_hours_,
+            "open_keys_": self.open_keys_,
+            "open_bytes_": self.open_bytes_,
         }
         out.update({name: getattr(self, name)[:n] for name in EDGE_ARRAYS})
         out["client_edges_"] = self.client_edges_
@@ -193,7 +218,8 @@ class EdgeBaseline:
         n = int(state["n"])
         b._allocate(max(n, 1))
         for name in EDGE_ARRAYS:
-            getattr(b, name)[:n] = state[name]
+            if name in state:  # day_bits_ is absent from older snapshots: days not re-counted
+                getattr(b, name)[:n] = state[name]
         b.client_edges_ = np.array(state["client_edges_"], dtype=np.int32)
         b.server_edges_ = np.array(state["server_edges_"], dtype=np.int32)
         b.n_ = n
@@ -201,6 +227,9 @@ class EdgeBaseline:
         b.frozen_ = bool(state["frozen"])
         b.refused_ = int(state["refused"])
         b.saturated_ = {int(k): int(v) for k, v in state["saturated"]}
+        b.early_closed_hours_ = int(state.get("early_closed_hours", 0))
+        b.open_keys_ = np.array(state.get("open_keys_", ()), dtype=np.int64)
+        b.open_bytes_ = np.array(state.get("open_bytes_", ()), dtype=np.float64)
         return b
 
     # -- lookup --------------------------------------------------------------------------
@@ -213,9 +242,11 @@ class EdgeBaseline:
 
     # -- learning ------------------------------------------------------------------------
     def partial_fit(
-        self, keys: np.ndarray, start: np.ndarray, nbytes: np.ndarray, packets: np.ndarray
+        self, keys: np.ndarray, start: np.ndarray, nbytes: np.ndarray, packets: np.ndarray,
+        *, watermark: float | None = None,
     ) -> EdgeBaseline:
-        """Learn accepted audit-phase flows (one entry per flow)."""
+        """Learn accepted audit-phase flows (one entry per flow), then :meth:`advance` to
+        ``watermark`` (default: the newest of these flows)."""
         if self.frozen_ or not len(keys):
             return self
         self._allocate()
@@ -234,8 +265,39 @@ class EdgeBaseline:
         if not len(flow_rows):
             return self
         self._update_totals(flow_rows, start, nbytes, packets)
-        self._update_hours(flow_rows, start, nbytes, learn=True)
+        self._open_hours(flow_rows, start, nbytes)
+        return self.advance(float(start.max()) if watermark is None else watermark)
+
+    def advance(self, watermark: float) -> EdgeBaseline:
+        """Event time reached ``watermark``: every open (edge, hour) that ended more than
+        ``lateness`` before it becomes one sample of its edge's hourly-volume histogram."""
+        if self.frozen_ or not hasattr(self, "open_keys_") or not len(self.open_keys_):
+            return self
+        hours = self.open_keys_ & 0xFFFFFF
+        done = (hours + 1) * HOUR + self.lateness <= watermark
+        if done.any():
+            self._close_hours(done)
         return self
+
+    def _open_hours(self, rows: np.ndarray, start: np.ndarray, nbytes: np.ndarray) -> None:
+        hour = (start // HOUR).astype(np.int64)
+        combo = np.r_[self.open_keys_, (rows.astype(np.int64) << 24) | (hour & 0xFFFFFF)]
+        weights = np.r_[self.open_bytes_, nbytes.astype(np.float64)]
+        keys, inv = np.unique(combo, return_inverse=True)
+        self.open_keys_ = keys
+        self.open_bytes_ = np.bincount(inv, weights=weights, minlength=len(keys))
+        over = len(keys) - self.max_open_hours
+        if over > 0:  # the bound: close the oldest hours now, though late flows may follow
+            oldest = np.argsort(keys & 0xFFFFFF, kind="stable")[:over]
+            early = np.zeros(len(keys), dtype=bool)
+            early[oldest] = True
+            self.early_closed_hours_ += over
+            self._close_hours(early)
+
+    def _close_hours(self, mask: np.ndarray) -> None:
+        self._hist_add(self.open_keys_[mask] >> 24, self.open_bytes_[mask])
+        self.open_keys_ = self.open_keys_[~mask]
+        self.open_bytes_ = self.open_bytes_[~mask]
 
     def _admit(self, key: int, first: float) -> int:
         client, server = (key >> 43) & 0x7FFFF, (key >> 24) & 0x7FFFF
@@ -277,19 +339,46 @@ class EdgeBaseline:
         np.bitwise_or.at(self.hour_mask_, rows, np.left_shift(1, hours))
         days = (start // DAY).astype(np.int64)
         pairs = np.unique((rows.astype(np.int64) << 24) | (days & 0xFFFFFF))
-        r, d = pairs >> 24, pairs & 0xFFFFFF
-        newer = d > self.last_day_[r]
-        np.add.at(self.days_, r[newer], 1)
-        np.maximum.at(self.last_day_, r, d)
+        self._count_days(pairs >> 24, pairs & 0xFFFFFF)
+
+    def _count_days(self, r_all: np.ndarray, d_all: np.ndarray) -> None:
+        """Count each (edge, day) once, whatever order the days arrive in: ``day_bits_``
+        remembers the last :data:`DAY_BITS` days of each edge. Pairs are distinct and sorted
+        by (row, day); each pass takes at most one pair per row."""
+        head = np.r_[True, r_all[1:] != r_all[:-1]]
+        starts = np.flatnonzero(head)
+        rank = np.arange(len(r_all)) - starts[np.cumsum(head) - 1]
+        u64 = np.uint64
+        for level in range(int(rank.max()) + 1 if len(rank) else 0):
+            sel = rank == level
+            r, d = r_all[sel], d_all[sel]
+            last = self.last_day_[r]
+            lo, hi = self.day_bits_[r, 0], self.day_bits_[r, 1]
+            ahead = np.where(last < 0, DAY_BITS, d - last)  # days past the newest seen
+            newer = ahead > 0
+            # a newer day: shift the 128-bit map by `ahead`, then mark bit 0 (this day)
+            small = np.clip(ahead, 1, 63).astype(u64)
+            big = np.clip(ahead - 64, 0, 63).astype(u64)
+            hi_shifted = np.where(ahead < 64, (hi << small) | (lo >> (u64(64) - small)),
+                                  np.where(ahead < DAY_BITS, lo << big, u64(0)))
+            lo_shifted = np.where(ahead < 64, lo << small, u64(0)) | u64(1)
+            # an older (or the same) day within the map: mark its bit
+            age = np.clip(-ahead, 0, DAY_BITS - 1)
+            in_hi = age >= 64
+            bit = u64(1) << np.where(in_hi, age - 64, age).astype(u64)
+            within = ~newer & (-ahead < DAY_BITS)
+            unseen = within & (np.where(in_hi, hi, lo) & bit == 0)
+            new_lo = np.where(newer, lo_shifted, np.where(unseen & ~in_hi, lo | bit, lo))
+            new_hi = np.where(newer, hi_shifted, np.where(unseen & in_hi, hi | bit, hi))
+            self.day_bits_[r, 0], self.day_bits_[r, 1] = new_lo, new_hi
+            self.days_[r[newer | unseen]] += 1
+            self.last_day_[r[newer]] = d[newer]
 
     def _update_hours(
-        self, rows: np.ndarray, start: np.ndarray, nbytes: np.ndarray, *, learn: bool
+        self, rows: np.ndarray, start: np.ndarray, nbytes: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Fold flows into per-edge hourly byte accumulators.
-
-        Completed hours go into the histogram while learning. Returns (rows, hour, bytes so far)
-        of every (edge, hour) touched, for the volume check after the audit.
-        """
+        """After the audit: fold flows into each edge's current-hour byte accumulator.
+        Returns (rows, hour, bytes so far) of every (edge, hour) touched."""
         hour = (start // HOUR).astype(np.int64)
         combo = (rows.astype(np.int64) << 24) | (hour & 0xFFFFFF)  # hours since 1970 < 2^24
         groups, ginv = np.unique(combo, return_inverse=True)
@@ -304,13 +393,9 @@ class EdgeBaseline:
             sel = rank == level
             r, h, b = g_rows[sel], g_hours[sel], sums[sel]
             cur = self.cur_hour_[r]
-            same, newer, older = h == cur, h > cur, h < cur
+            same, newer = h == cur, h > cur
             self.cur_bytes_[r[same]] += b[same]
             rn = r[newer]
-            if learn:
-                closing = rn[self.cur_hour_[rn] >= 0]
-                self._hist_add(closing, self.cur_bytes_[closing])
-                self._hist_add(r[older], b[older])
             self.cur_hour_[rn] = h[newer]
             self.cur_bytes_[rn] = b[newer]
             keep = same | newer
@@ -333,8 +418,8 @@ class EdgeBaseline:
             return self
         self._allocate()
         n = self.n_
-        open_rows = np.flatnonzero(self.cur_hour_[:n] >= 0)
-        self._hist_add(open_rows, self.cur_bytes_[open_rows])
+        if len(self.open_keys_):
+            self._close_hours(np.ones(len(self.open_keys_), dtype=bool))
         self.cur_hour_[:n] = -1
         self.cur_bytes_[:n] = 0
         hist = self.hist_[:n].astype(np.float64)
@@ -380,7 +465,7 @@ class EdgeBaseline:
         before_group = csum[heads] - b[heads]
         cum = base[gid] + (csum - before_group[gid])
         over = cum > self.threshold_[r]
-        self._update_hours(rows, start, nbytes, learn=False)
+        self._update_hours(rows, start, nbytes)
         return order[over], cum[over]
 
 

@@ -65,7 +65,7 @@ class BatchOutput:
 
 def _baseline_params(s: CoreSettings) -> dict[str, Any]:
     return {"max_edges": s.max_edges, "max_edges_per_workload": s.max_edges_per_workload,
-            "volume_min_bytes": s.volume_min_bytes}
+            "volume_min_bytes": s.volume_min_bytes, "lateness": s.lateness}
 
 
 def _windows_params(s: CoreSettings) -> dict[str, Any]:
@@ -146,8 +146,10 @@ class Pipeline:
             if self.baseline.frozen_:
                 out.late_audit_flows = int(learn.sum())
             else:
-                self.baseline.partial_fit(keys[learn], e.start[learn], e.bytes[learn],
-                                          e.packets[learn])
+                newest = float(e.start.max())
+                self.baseline.partial_fit(
+                    keys[learn], e.start[learn], e.bytes[learn], e.packets[learn],
+                    watermark=newest if watermark is None else min(newest, watermark))
         violating = np.zeros(len(e), dtype=bool)
         if out.enforce_flows:
             out.rules.extend(self.end_audit())
@@ -168,6 +170,7 @@ class Pipeline:
         end = self.audit_end
         if end is not None and t >= end:
             out.rules.extend(self.end_audit())
+        self.baseline.advance(t)
         self.windows.advance(t)
         out.violations.extend(self.drain_events())
         return out
