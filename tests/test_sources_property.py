@@ -178,3 +178,132 @@ def test_random_field_values_zeek_tsv(rows: list[list[str]]) -> None:
     header = b"\n".join(_sample("zeek").split(b"\n")[:9])
     body = "\n".join("\t".join(r) for r in rows).encode("utf-8", "surrogatepass")
     parse("zeek", header + b"\n" + body)
+
+
+# ---------------------------------------------------------------- one reject, one record
+# Issue 10 item 2: a bad value (a non-numeric port, a wrong type anywhere) in one record must
+# cost that record only: every other record of the block parses exactly as without it.
+
+CANONICAL = b"\n".join(orjson.dumps(r) for r in [
+    {"start": 1.7e9 + i, "end": 1.7e9 + i + 1, "src_ip": f"10.0.0.{i + 1}", "dst_ip": "10.0.1.9",
+     "src_port": 40000 + i, "dst_port": 443, "proto": 6, "bytes": 100 * i, "packets": i,
+     "action": "accept", "tcp_flags": 27, "exporter": "n1"} for i in range(3)] + [
+    {"start": "2023-11-14T22:13:20Z", "src_ip": "10.0.0.9", "dst_ip": "10.0.1.9", "proto": 1,
+     "src_workload": {"app": "web", "namespace": "shop", "labels": {"tier": "fe"}}},
+    {"start": 1.7e9, "src_ip": "fd00::1", "dst_ip": "fd00::2", "proto": "icmpv6"}])
+
+
+def _header_and_records(fmt: str, which: int) -> tuple[bytes, list[bytes]]:
+    """A sample's header lines and the records that parse alone to exactly one flow."""
+    data = CANONICAL if fmt == "canonical" else _sample(fmt, which)
+    data = data.replace(b"XXXXXXXXXX.XXXXXX", b"1700000000.250000")  # btest's masked times
+    lines = [ln for ln in data.split(b"\n") if ln.strip()]
+    header = [ln for ln in lines if ln.startswith(b"#") or ln.startswith(b"version ")]
+    head = b"".join(h + b"\n" for h in header)
+    good = [ln for ln in lines if ln not in header
+            and (r := get_parser(fmt).parse(head + ln, "p", 1)).flows.num_rows == 1
+            and not r.rejects]
+    return head, good
+
+
+def _assert_costs_only_itself(fmt: str, head: bytes, lines: list[bytes], mutated: bytes,
+                              i: int) -> None:
+    first = head.count(b"\n") + 1
+    base = get_parser(fmt).parse(head + b"\n".join(lines), "p", 1)
+    assert base.flows.num_rows == len(lines) and not base.rejects
+    block = head + b"\n".join(lines[:i] + [mutated] + lines[i + 1:])
+    res = get_parser(fmt).parse(block, "p", 1)
+    assert_sane(res)
+    assert [r.source for r in res.rejects] in ([], [f"p:{first + i}"]), res.rejects
+    before = base.flows.to_pylist()
+    after = res.flows.to_pylist()
+    others = before[:i] + before[i + 1:]
+    if len(after) == len(lines):
+        after = after[:i] + after[i + 1:]
+    assert after == others
+
+
+JSON_LINE_FORMATS = ["canonical", "gcp-vpc", "hubble", "goflow2", "suricata", "zeek"]
+
+
+@pytest.mark.parametrize("fmt", JSON_LINE_FORMATS)
+@FEW
+@given(data=st.data())
+def test_a_bad_value_costs_only_its_own_json_record(fmt: str, data: st.DataObject) -> None:
+    head, lines = _header_and_records(fmt, 1 if fmt == "zeek" else 0)
+    assert len(lines) >= 3
+    i = data.draw(st.integers(0, len(lines) - 1))
+    obj = orjson.loads(lines[i])
+    leaves = list(_leaf_paths(obj))
+    path = data.draw(st.sampled_from(leaves))
+    _set(obj, path, data.draw(st.one_of(st.sampled_from(["abc", "", "-", "1e999", "12abc"]),
+                                        values)))
+    _assert_costs_only_itself(fmt, head, lines, orjson.dumps(obj), i)
+
+
+@pytest.mark.parametrize("fmt", ["aws-vpc", "zeek"])
+@FEW
+@given(data=st.data())
+def test_a_bad_value_costs_only_its_own_text_record(fmt: str, data: st.DataObject) -> None:
+    head, lines = _header_and_records(fmt, 0)
+    assert len(lines) >= 3
+    sep = b"\t" if fmt == "zeek" else b" "
+    i = data.draw(st.integers(0, len(lines) - 1))
+    tokens = lines[i].split(sep)
+    k = data.draw(st.integers(0, len(tokens) - 1))
+    token = data.draw(st.one_of(st.sampled_from(["abc", "-", "1e999", "12abc", "nan"]),
+                                TEXT_TOKENS))
+    if k == 0 and token.startswith("#"):  # a header directive changes the following lines
+        token = "x" + token
+    tokens[k] = token.encode("utf-8", "surrogatepass")
+    _assert_costs_only_itself(fmt, head, lines, sep.join(tokens), i)
+
+
+def _leaf_paths(obj: Any, prefix: tuple[Any, ...] = ()) -> Any:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _leaf_paths(v, (*prefix, k))
+    elif isinstance(obj, list) and obj:
+        for j, v in enumerate(obj):
+            yield from _leaf_paths(v, (*prefix, j))
+    else:
+        yield prefix
+
+
+def _set(obj: Any, path: tuple[Any, ...], value: Any) -> None:
+    for key in path[:-1]:
+        obj = obj[key]
+    obj[path[-1]] = value
+
+
+PORTLESS_AND_BAD_PORT = {
+    "suricata": [
+        {"timestamp": "2023-11-14T22:13:20Z", "event_type": "flow", "src_ip": "10.0.0.1",
+         "dest_ip": "10.0.0.2", "proto": "ICMP", "flow": {"pkts_toserver": 1}},
+        {"timestamp": "2023-11-14T22:13:20Z", "event_type": "flow", "src_ip": "10.0.0.1",
+         "dest_ip": "10.0.0.2", "src_port": 1, "dest_port": "abc", "proto": "TCP"}],
+    "hubble": [
+        {"flow": {"time": "2023-11-14T22:13:20Z", "IP": {"source": "10.0.0.1",
+                                                         "destination": "10.0.0.2"},
+                  "l4": {"ICMPv4": {"type": 8}}, "verdict": "FORWARDED"}},
+        {"flow": {"time": "2023-11-14T22:13:20Z", "IP": {"source": "10.0.0.1",
+                                                         "destination": "10.0.0.2"},
+                  "l4": {"TCP": {"source_port": 1, "destination_port": "abc"}},
+                  "verdict": "FORWARDED"}}],
+    "goflow2": [
+        {"time_flow_start_ns": 1_700_000_000_000_000_000, "src_addr": "10.0.0.1",
+         "dst_addr": "10.0.0.2", "proto": "ICMP", "bytes": 1, "packets": 1},
+        {"time_flow_start_ns": 1_700_000_000_000_000_000, "src_addr": "10.0.0.1",
+         "dst_addr": "10.0.0.2", "proto": "TCP", "src_port": 1, "dst_port": "abc",
+         "bytes": 1, "packets": 1}],
+}
+
+
+@pytest.mark.parametrize("fmt", list(PORTLESS_AND_BAD_PORT))
+def test_non_numeric_port_rejects_only_its_record(fmt: str) -> None:
+    """Issue 10 item 2: portless (ICMP) flows next to a ``"dest_port": "abc"`` record."""
+    icmp, bad = PORTLESS_AND_BAD_PORT[fmt]
+    block = b"\n".join(orjson.dumps(r) for r in (icmp, bad, icmp, icmp))
+    res = parse(fmt, block)
+    assert res.flows.num_rows == 3
+    assert [(r.reason, r.source) for r in res.rejects] == [("bad_type", "p:2")]

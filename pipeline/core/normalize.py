@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -127,7 +127,14 @@ def canonical_ip(text: str) -> str | None:
 
 
 def parse_time_text(text: str) -> float | None:
-    """Epoch seconds from RFC 3339 / ISO 8601 text or a numeric string; None if unparseable."""
+    """Epoch seconds from RFC 3339 / ISO 8601 text or a numeric string; None if unparseable.
+
+    Fractions are read to the nanosecond and rounded as Arrow's timestamp cast does (integer
+    nanoseconds / 1e9), so a value gets the same seconds on the vectorised path and here.
+
+    >>> parse_time_text("2023-11-14T22:13:20.123456789Z")
+    1700000000.1234567
+    """
     s = text.strip()
     try:
         return float(s)
@@ -135,21 +142,27 @@ def parse_time_text(text: str) -> float | None:
         pass
     if s.endswith(("Z", "z")):
         s = s[:-1] + "+00:00"
-    # Python's fromisoformat takes at most 6 fractional digits: trim nanoseconds.
+    frac_ns = 0
     dot = s.find(".")
     if dot != -1:
         end = dot + 1
         while end < len(s) and s[end].isdigit():
             end += 1
-        if end - dot - 1 > 6:
-            s = s[: dot + 7] + s[end:]
+        digits = s[dot + 1 : end]
+        if digits:  # Python's fromisoformat takes at most 6 digits: the fraction is ours
+            frac_ns = int(digits[:9].ljust(9, "0"))
+            s = s[:dot] + s[end:]
     try:
         dt = datetime.fromisoformat(s)
     except ValueError:
         return None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    return dt.timestamp()
+    try:
+        whole = int(dt.timestamp())
+    except (OverflowError, OSError, ValueError):
+        return None
+    return float(whole * 1_000_000_000 + frac_ns) / 1e9
 
 
 def _chunked(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -231,15 +244,24 @@ def _ints(arr: pa.Array | None, n: int, default: int) -> tuple[np.ndarray, np.nd
     if pa.types.is_boolean(arr.type):
         return np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
     if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+        # a null is an absent value (its default) wherever the other rows hold text
+        arr = arr.fill_null(str(default))
         f = np.asarray(
-            pc.cast(arr.fill_null(str(default)), pa.float64(), safe=False)
+            pc.cast(arr, pa.float64(), safe=False)
             if _all_numeric(arr)
-            else pa.array([_num_or_nan(s) for s in arr.to_pylist()], pa.float64()),
+            else map_text(arr, _num_or_nan),
             dtype=np.float64,
         )
         ok = np.isfinite(f) & (np.floor(f) == f) & (np.abs(f) < 2**62)
         return np.where(ok, f, default).astype(np.int64), ok
     return np.full(n, default, dtype=np.int64), np.zeros(n, dtype=bool)
+
+
+def map_text(arr: pa.Array, fn: Callable[[str], float]) -> np.ndarray:
+    """``fn`` of every (non-null) text value, computed once per distinct value."""
+    enc = arr.dictionary_encode()
+    lut = np.array([fn(v) for v in enc.dictionary.to_pylist()], dtype=np.float64)
+    return lut[np.asarray(enc.indices, dtype=np.int64)]
 
 
 def _all_numeric(arr: pa.Array) -> bool:

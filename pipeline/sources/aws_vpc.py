@@ -32,10 +32,12 @@ from pipeline.sources.columnar import (
     count_lines,
     finish_csv,
     first_char,
+    is_text,
     json_object,
     leading_line,
     line_locator,
     merge,
+    num,
     reject_all,
 )
 
@@ -201,7 +203,8 @@ class AwsVpcParser:
             "exporter": coalesce([get("interface-id"), get("tgw-attachment-id"),
                                   get("instance-id")]),
         }
-        meta = [(key, get(name)) for name, key in META_FIELDS.items() if get(name) is not None]
+        meta = [(key, _as_int(get(name), n) if name in INT_FIELDS else get(name))
+                for name, key in META_FIELDS.items() if get(name) is not None]
         for pkt, addr, key in (("pkt-srcaddr", "srcaddr", "pkt_srcaddr"),
                                ("pkt-dstaddr", "dstaddr", "pkt_dstaddr")):
             if get(pkt) is not None and get(addr) is not None:
@@ -243,6 +246,16 @@ def _read_csv(seg: bytes, layout: list[str], types: dict[str, pa.DataType],
             include_columns=[f for f in names if f in KNOWN_FIELDS],
             null_values=["-"], strings_can_be_null=True),
     )
+
+
+def _as_int(arr: pa.Array, n: int) -> pa.Array:
+    """An integer field for ``meta``: a number whether the block was read typed or as text
+    (another record's bad value makes the whole block text); unreadable values are left out."""
+    if not is_text(arr.type):
+        return arr
+    vals = num(arr, n)
+    ok = np.isfinite(vals) & (np.floor(vals) == vals) & (np.abs(vals) < 2**62)
+    return pa.array(np.where(ok, vals, 0).astype(np.int64), pa.int64(), mask=~ok)
 
 
 def _col(arr: pa.Array | None, n: int) -> pa.Array:

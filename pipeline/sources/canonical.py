@@ -13,7 +13,6 @@ bad record costs only its own line.
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import numpy as np
@@ -26,6 +25,7 @@ from pipeline.core.columns import Reject
 from pipeline.core.normalize import PROTO_NAMES, normalize, parse_time_text
 from pipeline.sources import flatjson
 from pipeline.sources.base import RAW_KEEP, ParseResult
+from pipeline.sources.jsonlines import read_json_checked
 
 _IDENTITY_SIDES = ("src", "dst")
 _INT_FIELDS = ("src_port", "dst_port", "bytes", "packets", "tcp_flags")
@@ -76,16 +76,13 @@ class CanonicalParser:
         self._typed = True
 
     def _read(self, block: bytes) -> pa.Table:
-        opts = pj.ReadOptions(block_size=1 << 20)
         if self._typed:
             try:
-                return pj.read_json(io.BytesIO(block), read_options=opts,
-                                    parse_options=pj.ParseOptions(
-                                        explicit_schema=_TYPED,
-                                        unexpected_field_behavior="infer"))
+                return read_json_checked(block, parse_options=pj.ParseOptions(
+                    explicit_schema=_TYPED, unexpected_field_behavior="infer"))
             except _ARROW_ERRORS:
                 self._typed = False
-        return pj.read_json(io.BytesIO(block), read_options=opts)
+        return read_json_checked(block)
 
     def parse(self, block: bytes, source: str, first_line: int) -> ParseResult:
         fast = flatjson.decode(block, _FAST)

@@ -9,6 +9,7 @@ back to its raw record.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -148,6 +149,49 @@ def column(values: list[Any]) -> pa.Array:
         return pa.array(out, pa.string())
 
 
+_BUILD_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError,
+                 TypeError, ValueError)
+
+
+def column_or_odd(values: list[Any]) -> tuple[pa.Array, np.ndarray | None]:
+    """:func:`column`, except that when objects or lists disagree in shape (a label list
+    holding a number), the common shape wins and the rows that do not fit it come back as a
+    mask (their values null) for the caller to reject: one odd record must not turn every
+    record's value into text."""
+    try:
+        return pa.array(values), None
+    except _BUILD_ERRORS:
+        pass
+    shapes: Counter[pa.DataType] = Counter()
+    scalars = 0
+    for v in values:
+        if v is not None and not isinstance(v, dict | list):
+            scalars += 1
+        elif isinstance(v, dict | list):
+            try:
+                t = pa.array([v]).type
+            except _BUILD_ERRORS:
+                continue
+            if "null" not in str(t):  # [] or {"a": null} fit any shape: they do not vote
+                shapes[t] += 1
+    if shapes and shapes.most_common(1)[0][1] > scalars:  # else scalars win, as text
+        typ = shapes.most_common(1)[0][0]
+        odd = np.zeros(len(values), dtype=bool)
+        kept: list[Any] = []
+        for i, v in enumerate(values):
+            try:
+                pa.array([v], type=typ)
+                kept.append(v)
+            except _BUILD_ERRORS:
+                odd[i] = True
+                kept.append(None)
+        try:
+            return pa.array(kept, type=typ), odd
+        except _BUILD_ERRORS:
+            pass
+    return column(values), None
+
+
 def chunk(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
     if isinstance(arr, pa.ChunkedArray):
         return arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
@@ -270,6 +314,20 @@ def struct_child(arr: pa.Array | None, key: str) -> pa.Array | None:
     if arr is None or not pa.types.is_struct(arr.type) or arr.type.get_field_index(key) < 0:
         return None
     return pc.struct_field(arr, key)
+
+
+def as_bool(arr: pa.Array | None) -> pa.Array | None:
+    """A boolean column; ``true``/``false`` text (what a boolean becomes when another record
+    holds text in the same field) is read as booleans, anything else as null."""
+    if arr is None:
+        return None
+    if pa.types.is_boolean(arr.type):
+        return arr
+    if not is_text(arr.type):
+        return None
+    low = pc.utf8_lower(arr)
+    return pc.if_else(pc.equal(low, "true"), True,
+                      pc.if_else(pc.equal(low, "false"), False, pa.scalar(None, pa.bool_())))
 
 
 def text_or_none(arr: pa.Array | None) -> pa.Array | None:
@@ -422,11 +480,13 @@ __all__ = [
     "Path",
     "Prepared",
     "ShapeError",
+    "as_bool",
     "as_text",
     "bump",
     "chunk",
     "coalesce",
     "column",
+    "column_or_odd",
     "count_lines",
     "dict_path",
     "epoch_seconds",

@@ -21,6 +21,7 @@ from pipeline.core.columns import ACTION_ACCEPT, ACTION_REJECT, ACTION_UNKNOWN
 from pipeline.sources.columnar import (
     Path,
     Prepared,
+    as_bool,
     bump,
     coalesce,
     first_item,
@@ -135,8 +136,8 @@ class HubbleParser(JsonLinesParser):
 
         flags = np.zeros(n, dtype=np.int64)
         for k, bit in TCP_FLAG_BITS.items():
-            v = cols[f"flag_{k}"]
-            if v is not None and pa.types.is_boolean(v.type):
+            v = as_bool(cols[f"flag_{k}"])
+            if v is not None:
                 flags |= np.where(np.asarray(v.fill_null(False), dtype=bool), bit, 0)
         has_tcp = present(cols["has_tcp"], n)
         out["tcp_flags"] = pa.array(np.where(has_tcp, flags, -1))
@@ -188,7 +189,7 @@ def _text(arr: pa.Array | None, n: int) -> pa.Array:
 
 
 def _bool(arr: pa.Array | None) -> pa.Array | None:
-    return arr if arr is not None and pa.types.is_boolean(arr.type) else None
+    return as_bool(arr)
 
 
 def _if(mask: np.ndarray, arr: pa.Array | None) -> pa.Array | None:
@@ -201,6 +202,9 @@ def _identity(cols: dict[str, pa.Array | None], side: str, n: int) -> tuple[pa.A
     """(app, labels JSON) for one endpoint side."""
     raw = cols[f"{side}_labels"]
     if raw is not None and pa.types.is_list(raw.type) and pa.types.is_string(raw.type.value_type):
+        if raw.values.null_count:  # Arrow's binary_join misreads lists holding nulls
+            raw = pa.ListArray.from_arrays(raw.offsets, raw.values.fill_null(""),
+                                           mask=pc.is_null(raw))
         joined = pc.binary_join(raw, "\x1f")
         parsed = map_distinct(joined, _labels_info, pa.struct([("app", pa.string()),
                                                                ("labels", pa.string())]))

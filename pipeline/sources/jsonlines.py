@@ -28,7 +28,7 @@ from pipeline.sources.columnar import (
     Prepared,
     ShapeError,
     coalesce,
-    column,
+    column_or_odd,
     dict_path,
     finish,
     first_char,
@@ -42,6 +42,17 @@ _TYPE_CHANGE = re.compile(r"Column\(/([^/)]+)\) changed from")
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
 # what a vectorised step may raise on a value shape it did not expect
 RECORD_ERRORS = (pa.ArrowException, ShapeError, ValueError, TypeError, OverflowError)
+
+
+def read_json_checked(block: bytes, **options: Any) -> pa.Table:
+    """``pyarrow.json.read_json`` of a block (1 MiB parse blocks, so both cores work), with the
+    result's structure validated: Arrow 26 drops a ``null`` that opens a list whose item type
+    is not known yet and returns offsets past the values (reading them crashes), so such a
+    table raises ArrowInvalid like any other block Arrow cannot read."""
+    table = pj.read_json(io.BytesIO(block), read_options=pj.ReadOptions(block_size=1 << 20),
+                         **options)
+    table.validate()
+    return table
 
 
 class JsonLinesParser:
@@ -90,8 +101,7 @@ class JsonLinesParser:
         """The block as an Arrow table (1 MiB parse blocks, so both cores work), None if refused."""
         for _ in range(len(self.mixed_keys) + 1):
             try:
-                return pj.read_json(io.BytesIO(block),
-                                    read_options=pj.ReadOptions(block_size=1 << 20))
+                return read_json_checked(block)
             except _ARROW_ERRORS as exc:
                 m = _TYPE_CHANGE.search(str(exc))
                 if m is None or m.group(1) not in self.mixed_keys:
@@ -159,13 +169,20 @@ class JsonLinesParser:
         try:
             n = len(objs)
             cols: dict[str, pa.Array | None] = {}
+            odd_shapes: list[tuple[np.ndarray, str, str]] = []
             for name, paths in self.fields.items():
                 values = [_first(o, paths) for o in objs]
                 if name.startswith(PRESENCE_PREFIX):
                     values = [True if v is not None else None for v in values]
-                cols[name] = None if all(v is None for v in values) else column(values)
+                if all(v is None for v in values):
+                    cols[name] = None
+                    continue
+                cols[name], odd = column_or_odd(values)
+                if odd is not None and odd.any():
+                    where = "/".join(".".join(p) for p in paths)
+                    odd_shapes.append((odd, "bad_type", f"'{where}' has an unexpected shape"))
             prep = self.prepare(cols, n)
-            prep.bad = bad + prep.bad
+            prep.bad = bad + odd_shapes + prep.bad
             if prep.skip is not None and bad:
                 # malformed lines are rejects, not skipped records
                 prep.skip = prep.skip & ~np.logical_or.reduce([b[0] for b in bad])
@@ -216,4 +233,4 @@ def text_eq(arr: pa.Array | None, n: int, *words: str) -> np.ndarray:
     return np.asarray(pc.is_in(low, pa.array([w.lower() for w in words])).fill_null(False))
 
 
-__all__ = ["PRESENCE_PREFIX", "JsonLinesParser", "present", "text_eq"]
+__all__ = ["PRESENCE_PREFIX", "JsonLinesParser", "present", "read_json_checked", "text_eq"]

@@ -22,6 +22,7 @@ from pipeline.sources.base import ParseResult
 from pipeline.sources.columnar import (
     Path,
     Prepared,
+    as_bool,
     bump,
     coalesce,
     is_text,
@@ -192,7 +193,7 @@ def _action(cols: dict[str, pa.Array | None], n: int) -> pa.Array:
 
 
 def _bool(arr: pa.Array | None) -> pa.Array | None:
-    return arr if arr is not None and pa.types.is_boolean(arr.type) else None
+    return as_bool(arr)
 
 
 def _number(arr: pa.Array | None) -> pa.Array | None:
