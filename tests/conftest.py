@@ -56,3 +56,19 @@ def estate_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def table_of() -> Callable[[Iterable[dict[str, Any]]], pa.Table]:
     return flows_table
+
+
+def replay_into_store(estate_dir: Path, out: Path) -> tuple[Any, str]:
+    """Replay the generated estate (10-day audit) into a new chdb store under ``out``;
+    returns the replay summary and the store URL."""
+    from pipeline.commands.replay import replay
+    from pipeline.core.inventory import load_inventory
+    from pipeline.core.settings import CoreSettings
+    from pipeline.storage import open_store
+
+    url = f"chdb://{out / 'store'}"
+    inv = load_inventory(estate_dir / "inventory.jsonl")
+    with open_store(url, migrate=True) as store:
+        summary = replay([estate_dir / "flows.jsonl.gz"], inv, CoreSettings(audit_days=10),
+                         store=store)
+    return summary, url

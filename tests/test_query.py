@@ -14,21 +14,15 @@ import pyarrow as pa
 import pytest
 
 from pipeline.commands.query import render
-from pipeline.commands.replay import replay
-from pipeline.core.inventory import load_inventory
-from pipeline.core.settings import CoreSettings
 from pipeline.storage import open_store
 from pipeline.storage.queries import QueryFilter, run_view
+from tests.conftest import replay_into_store
 
 
 @pytest.fixture(scope="module")
 def stored(estate_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("query")
-    url = f"chdb://{out / 'store'}"
-    inv = load_inventory(estate_dir / "inventory.jsonl")
-    with open_store(url, migrate=True) as store:
-        summary = replay([estate_dir / "flows.jsonl.gz"], inv, CoreSettings(audit_days=10),
-                         store=store)
+    summary, url = replay_into_store(estate_dir, out)
     return summary, url
 
 

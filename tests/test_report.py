@@ -15,12 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.commands.replay import replay
 from pipeline.commands.report import InputCounts, build_report, write_report
-from pipeline.core.inventory import load_inventory
-from pipeline.core.settings import CoreSettings
 from pipeline.storage import open_store
 from pipeline.storage.queries import QueryFilter
+from tests.conftest import replay_into_store
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "var" / "test-artifacts"
 
@@ -28,11 +26,7 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "var" / "test-artifacts"
 @pytest.fixture(scope="module")
 def stored(estate_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("report")
-    url = f"chdb://{out / 'store'}"
-    inv = load_inventory(estate_dir / "inventory.jsonl")
-    with open_store(url, migrate=True) as store:
-        summary = replay([estate_dir / "flows.jsonl.gz"], inv, CoreSettings(audit_days=10),
-                         store=store)
+    summary, url = replay_into_store(estate_dir, out)
     sim = subprocess.run([sys.executable, "-m", "pipeline.commands.cli", "simulate", "--store",
                           url, "--rules", "proposed"], capture_output=True, text=True, timeout=300)
     assert sim.returncode == 0, sim.stderr

@@ -219,30 +219,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("report", help="write a self-contained HTML report of a store "
                         "(no network needed to open it)")
-    rp.add_argument("--store", default=os.environ.get("SEGFLOW_STORE", DEFAULT_STORE),
-                    help="chdb://PATH or http(s)://user:pass@host:port/db (default %(default)s)")
+    _read_flags(rp)
     rp.add_argument("--out", type=Path, default=Path("segflow-report.html"),
                     help="HTML file to write (default %(default)s)")
-    rp.add_argument("--from", dest="start", type=_time_arg, default=None,
-                    help="event time from (epoch s or RFC 3339; default: everything)")
-    rp.add_argument("--to", dest="end", type=_time_arg, default=None,
-                    help="event time to, exclusive (default: everything)")
-    rp.add_argument("--app", default="", help="only what touches this app ('app' or 'ns/app'; "
-                    "default: every app)")
 
     views = describe()
     q = sub.add_parser("query", help="read results back from a store: "
                        + ", ".join(views) + " (table, JSON or CSV)")
     q.add_argument("view", choices=list(views), help="; ".join(f"{k}: {v}" for k, v in
                                                                 views.items()))
-    q.add_argument("--store", default=os.environ.get("SEGFLOW_STORE", DEFAULT_STORE),
-                   help="chdb://PATH or http(s)://user:pass@host:port/db (default %(default)s)")
-    q.add_argument("--from", dest="start", type=_time_arg, default=None,
-                   help="event time from (epoch s or RFC 3339; default: everything)")
-    q.add_argument("--to", dest="end", type=_time_arg, default=None,
-                   help="event time to, exclusive (default: everything)")
-    q.add_argument("--app", default="", help="only rows where either end is this app "
-                   "('app' or 'namespace/app'; default: every app)")
+    _read_flags(q)
     q.add_argument("--limit", type=int, default=50, help="rows at most (default %(default)s)")
     q.add_argument("--output", "-o", choices=("table", "json", "csv"), default="table",
                    help="output format (default %(default)s)")
@@ -498,6 +484,18 @@ def _print_ddl(url: str | None) -> int:
         print("segflow: the store matches pipeline/core/records.py; no migration needed",
               file=sys.stderr)
     return 1 if plan.problems else 0
+
+
+def _read_flags(p: argparse.ArgumentParser) -> None:
+    """--store, --from, --to, --app: what every command reading a store filters by."""
+    p.add_argument("--store", default=os.environ.get("SEGFLOW_STORE", DEFAULT_STORE),
+                   help="chdb://PATH or http(s)://user:pass@host:port/db (default %(default)s)")
+    p.add_argument("--from", dest="start", type=_time_arg, default=None,
+                   help="event time from (epoch s or RFC 3339; default: everything)")
+    p.add_argument("--to", dest="end", type=_time_arg, default=None,
+                   help="event time to, exclusive (default: everything)")
+    p.add_argument("--app", default="", help="only rows where either end is this app "
+                   "('app' or 'namespace/app'; default: every app)")
 
 
 def _existing_store(text: str) -> Any:

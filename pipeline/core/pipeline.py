@@ -47,14 +47,13 @@ from pipeline.core.workloads import WORLD, Workloads
 _TYPE_CODE = {t: i for i, t in enumerate(TYPES)}
 SERVICE_CLIENTS_MAX = 8  # known_clients_of_service: the first clients by workload key
 
-EDGE_MINUTE_SCHEMA = EDGE_MINUTE.schema  # declared in pipeline/core/records.py
 
 
 @dataclass(slots=True)
 class BatchOutput:
     """What one batch (or the final flush) produced."""
 
-    edge_minutes: pa.Table = field(default_factory=EDGE_MINUTE_SCHEMA.empty_table)
+    edge_minutes: pa.Table = field(default_factory=EDGE_MINUTE.schema.empty_table)
     violations: list[dict[str, Any]] = field(default_factory=list)
     rules: list[dict[str, Any]] = field(default_factory=list)
     flows: int = 0
@@ -411,4 +410,4 @@ class Pipeline:
                                 suppress_window=st.suppress_window) for a in aggs]
 
 
-__all__ = ["EDGE_MINUTE_SCHEMA", "SERVICE_CLIENTS_MAX", "BatchOutput", "Pipeline"]
+__all__ = ["SERVICE_CLIENTS_MAX", "BatchOutput", "Pipeline"]

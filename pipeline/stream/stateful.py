@@ -39,7 +39,8 @@ from typing import Any, Protocol, TypeVar
 from aiokafka.errors import KafkaError
 
 from pipeline.config import StreamSettings, TopicSettings
-from pipeline.core.pipeline import EDGE_MINUTE_SCHEMA, Pipeline
+from pipeline.core.pipeline import Pipeline
+from pipeline.core.records import EDGE_MINUTE
 from pipeline.core.settings import CoreSettings
 from pipeline.storage.writer import StoreWriter
 from pipeline.stream.flowbatch import decode
@@ -233,7 +234,7 @@ class StatefulStage:
         for p, state in self.states.items():
             events = state.release()
             if events:
-                await self.sink.add_async(EDGE_MINUTE_SCHEMA.empty_table(), events, [])
+                await self.sink.add_async(EDGE_MINUTE.schema.empty_table(), events, [])
                 await self.publisher.publish(events, [])
                 self.metrics.held_events.labels(str(p)).set(0)
                 self._released.add(p)
