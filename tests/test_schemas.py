@@ -157,6 +157,7 @@ BAD: list[tuple[str, str, Any]] = [
     ("inventory", "app", DROP),
     ("inventory", "labels", "app"),
     ("inventory", "valid_to", "tomorrow"),
+    ("inventory", "valid_from", 1767571200000),  # milliseconds
     ("inventory", "ip", "999.1.1.1"),
     ("violation", "id", DROP),
     ("violation", "ts", "2026-02-05T03:00:00Z"),  # no milliseconds

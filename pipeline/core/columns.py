@@ -66,7 +66,7 @@ DEAD_LETTER_REASONS: tuple[str, ...] = (
     "not_aws_vpc", "not_azure_flow_log", "not_gcp_vpc", "not_goflow2", "not_hubble",
     "not_suricata", "not_zeek", "not_zeek_conn",
     # Kafka messages
-    "empty_message", "too_large",
+    "empty_message", "too_large", "bad_inventory",
 )
 """Every :attr:`Reject.reason` a parser or the ingest stage can give (a test checks the code
 against it): metrics start each at 0, so a first dead letter is a rate, not a new series."""

@@ -27,7 +27,7 @@ import numpy as np
 import orjson
 
 from pipeline.core.addresses import int_to_ip, local_scope, network_to_int
-from pipeline.core.normalize import parse_time_text
+from pipeline.core.normalize import MAX_EPOCH, parse_time_text
 from pipeline.core.text import excerpt, identity_problem, labels_problem
 from pipeline.core.workloads import WORLD, WorkloadInfo, Workloads
 from pipeline.errors import InputError
@@ -41,8 +41,6 @@ DEFAULT_INTERNAL_CIDRS = (
     "fe80::/10",
 )
 _TIMELINE_CACHE_MAX = 1 << 18  # distinct addresses whose timelines are kept (cleared when full)
-_MS_MAX = (1 << 42) - 1  # ~year 2109 in epoch milliseconds
-_RANK_SHIFT = 42
 UNRESOLVED = -2  # timeline gap: resolved to unknown/world only when a flow falls into it
 
 
@@ -86,13 +84,17 @@ def _labels(value: Any) -> tuple[tuple[str, str], ...]:
 
 
 def _time(name: str, value: Any, default: float) -> float:
-    """Epoch seconds of ``valid_from``/``valid_to``; absent means open; NaN/inf are refused."""
+    """Epoch seconds of ``valid_from``/``valid_to``; absent means open. Only a finite time
+    in 1970..2100 is one: NaN, infinities, out-of-range numbers and other types are refused."""
     if value is None or value == "":
         return default
     if isinstance(value, bool):
         raise ValueError(f"{name} must be epoch seconds or RFC 3339")
+    if not isinstance(value, int | float | str):
+        raise ValueError(f"{name} {excerpt(value)} is not epoch seconds or RFC 3339")
     try:
-        t = float(value) if isinstance(value, int | float) else parse_time_text(str(value))
+        t = float(value) if not isinstance(value, str) else (
+            None if "_" in value else parse_time_text(value))  # float() reads "1_000"
     except OverflowError:
         t = math.inf
     if t is None:
@@ -100,6 +102,9 @@ def _time(name: str, value: Any, default: float) -> float:
     if not math.isfinite(t):
         raise ValueError(f"{name} {excerpt(value)} is not a finite time; leave it out for an "
                          "open interval")
+    if not 0 <= t < MAX_EPOCH:
+        raise ValueError(f"{name} {excerpt(value)} is outside 1970..2100 (epoch seconds "
+                         "expected, not milliseconds)")
     return t
 
 
@@ -136,7 +141,7 @@ def entry_from_record(rec: Mapping[str, Any]) -> InventoryEntry:
     vf = _time("valid_from", rec.get("valid_from"), -math.inf)
     vt = _time("valid_to", rec.get("valid_to"), math.inf)
     if vt <= vf:
-        raise ValueError("valid_to must be after valid_from")
+        raise ValueError(f"valid_to {vt!r} must be after valid_from {vf!r}")
     return InventoryEntry(net, plen, info, vf, vt)
 
 
@@ -239,20 +244,23 @@ class Inventory:
         multi = np.flatnonzero(~single)
         rank = np.full(len(tls), -1, dtype=np.int64)
         rank[multi] = np.arange(len(multi))
-        seg_keys: list[int] = []
-        seg_wids: list[int] = []
-        for r, u in enumerate(multi):
-            tl = tls[u]
-            base = r << _RANK_SHIFT
-            for s, w in zip(tl.starts, tl.wids, strict=True):
-                ms = 0 if s == -math.inf else min(max(int(s * 1000), 0), _MS_MAX)
-                seg_keys.append(base + ms)
-                seg_wids.append(w)
+        seg_rank = np.repeat(np.arange(len(multi), dtype=np.int64),
+                             [len(tls[u].starts) for u in multi])
+        seg_start = np.fromiter((s for u in multi for s in tls[u].starts), dtype=np.float64,
+                                count=len(seg_rank))
+        seg_wids = np.fromiter((w for u in multi for w in tls[u].wids), dtype=np.int64,
+                               count=len(seg_rank))
+        # times become exact integer codes: the position of the latest segment start at or
+        # before them among all distinct starts, so (timeline, code) keys compare exactly
+        # like (timeline, time) for any finite time (no rounding to a clock resolution)
+        starts = np.unique(seg_start)
+        width = len(starts)
+        seg_keys = seg_rank * width + np.searchsorted(starts, seg_start)
         rows = np.flatnonzero(rank[index] >= 0)
-        t_ms = np.clip((times[rows] * 1000).astype(np.int64), 0, _MS_MAX)
-        keys = (rank[index[rows]] << _RANK_SHIFT) + t_ms
-        pos = np.searchsorted(np.asarray(seg_keys, dtype=np.int64), keys, side="right") - 1
-        out[rows] = np.asarray(seg_wids, dtype=np.int64)[pos]
+        codes = np.searchsorted(starts, times[rows], side="right") - 1
+        keys = rank[index[rows]] * width + np.maximum(codes, 0)
+        pos = np.searchsorted(seg_keys, keys, side="right") - 1
+        out[rows] = seg_wids[pos]
         gaps = np.flatnonzero(out == UNRESOLVED)
         if len(gaps):
             uniq, inv = np.unique(index[gaps], return_inverse=True)
@@ -289,12 +297,10 @@ def _flatten(
     out: list[int] = []
     for i, s in enumerate(points):
         nxt = points[i + 1] if i + 1 < len(points) else math.inf
-        probe = nxt - 1e-6 if s == -math.inf else s
-        if s == -math.inf and nxt == math.inf:
-            probe = 0.0
+        # every bound is a point, so an entry holds all of [s, nxt) or none of it
         w = fallback
         for c in cands:
-            if c.valid_from <= probe < c.valid_to:
+            if c.valid_from <= s and nxt <= c.valid_to:
                 w = wids[c.key]
                 break
         if out and out[-1] == w:

@@ -19,7 +19,7 @@ import math
 import sys
 import threading
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +28,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline.config import KafkaSettings
 from pipeline.core.addresses import int_to_ip, network_to_int
+from pipeline.core.columns import Reject
 from pipeline.core.inventory import Inventory, InventoryEntry, entry_from_record, load_inventory
 from pipeline.core.normalize import parse_time_text
 from pipeline.core.text import excerpt
 from pipeline.errors import BrokerError, SegflowError
+from pipeline.sources.base import RAW_KEEP
 from pipeline.stream.clients import ensure_topics, kafka_python_kwargs, unreachable
 from pipeline.stream.clients import inventory_topic as inventory_spec
 from pipeline.stream.metrics import Metrics
@@ -39,6 +41,7 @@ from pipeline.stream.metrics import Metrics
 log = logging.getLogger(__name__)
 
 EntryKey = tuple[int, int, float]
+BAD_INVENTORY = "bad_inventory"  # dead-letter reason of an unusable inventory-topic record
 
 
 def _where(net: int, plen: int) -> str:
@@ -105,6 +108,8 @@ class InventoryFeed:
             weakref.WeakKeyDictionary())
         self._consumer: AIOKafkaConsumer | None = None
         self.records = 0
+        # sends bad records to the dead-letter topic (set by the worker; None: log and count)
+        self.dead_letter: Callable[[list[Reject]], Awaitable[None]] | None = None
 
     def new_inventory(self) -> Inventory:
         """A fresh inventory with the current entries, updated as the topic changes."""
@@ -151,16 +156,22 @@ class InventoryFeed:
         """Apply whatever arrived within ``timeout_ms``; returns records read."""
         assert self._consumer is not None
         batch = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=10_000)
-        records = [r for recs in batch.values() for r in recs]
+        records = [(r.key, r.value, f"{tp.topic}/{tp.partition}@{r.offset}")
+                   for tp, recs in batch.items() for r in recs]
         if records:
-            self.apply((r.key, r.value) for r in records)
+            rejects = self.apply(records)
+            if rejects and self.dead_letter is not None:
+                await self.dead_letter(rejects)
         return len(records)
 
-    def apply(self, records: Iterable[tuple[bytes | None, bytes | None]]) -> None:
-        """Apply topic records (key, value); bad ones are logged and counted, never raised."""
+    def apply(self, records: Iterable[tuple[bytes | None, bytes | None]
+                                      | tuple[bytes | None, bytes | None, str]]) -> list[Reject]:
+        """Apply topic records (key, value[, where]); a bad one is logged, counted and
+        returned as a ``bad_inventory`` reject naming its key, never raised."""
         updated: dict[EntryKey, InventoryEntry] = {}
         removed: set[EntryKey] = set()
-        for key, value in records:
+        rejects: list[Reject] = []
+        for key, value, *where in records:
             self.records += 1
             try:
                 if value is None:
@@ -173,9 +184,13 @@ class InventoryFeed:
                     raise ValueError("an inventory record must be a JSON object")
                 e = entry_from_record(obj)
             except (ValueError, UnicodeDecodeError) as exc:
-                log.warning("inventory topic: skipping record %s: %s",
-                            excerpt((key or b"").decode("utf-8", "replace")), exc)
+                name = excerpt((key or b"").decode("utf-8", "replace"))
+                log.warning("inventory topic: skipping record %s: %s", name, exc)
                 self.metrics.inventory_rejects.inc()
+                self.metrics.dead_letters.labels(BAD_INVENTORY).inc()
+                rejects.append(Reject(BAD_INVENTORY, f"inventory entry {name}: {exc}",
+                                      (value or key or b"")[:RAW_KEEP],
+                                      where[0] if where else self.topic))
                 continue
             updated[e.key] = e
             removed.discard(e.key)
@@ -186,6 +201,7 @@ class InventoryFeed:
             for inv, lock in list(self._live.items()):
                 with lock:
                     inv.update(updated.values(), removed=removed)
+        return rejects
 
     async def run(self) -> None:
         """Follow the topic until cancelled."""

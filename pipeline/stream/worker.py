@@ -29,6 +29,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from pipeline.config import WorkerSettings, load_settings
+from pipeline.core.columns import Reject
 from pipeline.errors import BrokerError, ConfigError, InputError
 from pipeline.sources import FORMATS, get_parser
 from pipeline.storage import RetryPolicy, Store, open_store
@@ -132,6 +133,7 @@ class Worker:
                                                  on_retry=self._on_store_retry)
         self.feed = InventoryFeed(s.topics.inventory, client, self.metrics,
                                   internal_cidrs=core.internal_cidrs, seed=s.inventory_file)
+        self.feed.dead_letter = self._inventory_dead_letter
         await self.feed.start(counts[s.topics.inventory], timeout=max(30.0, k.connect_timeout * 3))
         if ingest:
             routing = self.feed.new_inventory()
@@ -178,6 +180,18 @@ class Worker:
         log.info("worker %s (%s) started: raw %s → %s (%d partitions), store %s", s.app_id,
                  s.role, ", ".join(s.topics.raw), s.topics.flows, s.topics.flows_partitions,
                  self.store.url if self.store else "-")
+
+    async def _inventory_dead_letter(self, rejects: list[Reject]) -> None:
+        """Unusable inventory-topic records go to the dead-letter topic, keyed by where they
+        were read (``topic/partition@offset``: a restart that reads them again sends the
+        same keys)."""
+        assert self.producer is not None
+        for r in rejects:
+            headers = [("segflow.reason", r.reason.encode()), ("segflow.detail", r.detail.encode()),
+                       ("segflow.topic", self.settings.topics.inventory.encode())]
+            await self.producer.send(self.settings.topics.dead_letter, value=r.raw,
+                                     key=r.source.encode(), headers=headers)
+        self.metrics.records_out.labels(self.settings.topics.dead_letter).inc(len(rejects))
 
     def _on_store_retry(self, op: str, attempt: int, exc: BaseException) -> None:
         self.metrics.storage_retries.labels(op).inc()

@@ -55,3 +55,43 @@ def test_feed_applies_updates_and_tombstones_to_live_inventories(tmp_path: Path)
     assert owner(inv, "10.1.0.7", T0 + 10) == "unknown:10.1.0.7"
     assert owner(feed.new_inventory(), "10.1.0.7", T0 + 7200) == "identity/auth"
     assert feed.metrics.inventory_rejects._value.get() == 2
+
+
+def test_feed_dead_letters_an_entry_with_a_bad_time_and_keeps_the_rest() -> None:
+    """A ``valid_from: "nan"`` (or inf, milliseconds, valid_to before valid_from) record is a
+    ``bad_inventory`` dead letter naming its key; the good entries still apply."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from aiokafka import TopicPartition
+
+    metrics = Metrics()
+    feed = InventoryFeed("inv", {}, metrics, internal_cidrs=("10.0.0.0/8",))
+    inv = feed.new_inventory()
+    bad = [{**RECORDS[0], "valid_from": "nan"}, {**RECORDS[0], "valid_to": "inf"},
+           {**RECORDS[0], "valid_from": T0 * 1000}, {**RECORDS[0], "valid_to": T0 - 1}]
+    good = RECORDS[1]
+    batch = {TopicPartition("inv", 0): [
+        SimpleNamespace(key=b"10.1.0.7@x", value=orjson.dumps(b), offset=i)
+        for i, b in enumerate([*bad, good])]}
+    sent: list[object] = []
+
+    async def dead_letter(rejects: list[object]) -> None:
+        sent.extend(rejects)
+
+    async def getmany(**_: object) -> object:
+        return batch
+
+    feed._consumer = SimpleNamespace(getmany=getmany)  # type: ignore[assignment]
+    feed.dead_letter = dead_letter  # type: ignore[assignment]
+    assert asyncio.run(feed.poll(10)) == 5
+    assert [(r.reason, r.source) for r in sent] == [  # type: ignore[attr-defined]
+        ("bad_inventory", f"inv/0@{i}") for i in range(4)]
+    details = [r.detail for r in sent]  # type: ignore[attr-defined]
+    assert details[0] == ("inventory entry '10.1.0.7@x': valid_from 'nan' is not a finite "
+                          "time; leave it out for an open interval")
+    assert "outside 1970..2100" in details[2] and "must be after valid_from" in details[3]
+    assert sent[0].raw == orjson.dumps(bad[0])  # type: ignore[attr-defined]
+    assert metrics.dead_letters.labels("bad_inventory")._value.get() == 4
+    assert len(feed.entries) == 1 and owner(inv, "10.1.0.7", T0 + 7200) == "identity/auth"
+    assert owner(inv, "10.1.0.7", T0 + 10) == "unknown:10.1.0.7"
