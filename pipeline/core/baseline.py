@@ -77,6 +77,12 @@ def edge_keys(
     )
 
 
+def whole_units(t: np.ndarray, unit: float) -> np.ndarray:
+    """``(t // unit).astype(np.int64)`` for event times ``t`` (seconds) and a whole number of
+    seconds ``unit`` (60, HOUR, DAY): the same values, ~4x faster than float floor division."""
+    return np.floor(t).astype(np.int64) // int(unit)
+
+
 def unpack_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Inverse of :func:`edge_keys`: (client wid, server wid, port, proto)."""
     k = keys.astype(np.int64)
@@ -280,7 +286,7 @@ class EdgeBaseline:
         return self
 
     def _open_hours(self, rows: np.ndarray, start: np.ndarray, nbytes: np.ndarray) -> None:
-        hour = (start // HOUR).astype(np.int64)
+        hour = whole_units(start, HOUR)
         combo = np.r_[self.open_keys_, (rows.astype(np.int64) << 24) | (hour & 0xFFFFFF)]
         weights = np.r_[self.open_bytes_, nbytes.astype(np.float64)]
         keys, inv = np.unique(combo, return_inverse=True)
@@ -335,9 +341,9 @@ class EdgeBaseline:
         np.add.at(self.packets_, rows, packets)
         np.minimum.at(self.first_seen_, rows, start)
         np.maximum.at(self.last_seen_, rows, start)
-        hours = (start // HOUR).astype(np.int64) % 24
+        hours = whole_units(start, HOUR) % 24
         np.bitwise_or.at(self.hour_mask_, rows, np.left_shift(1, hours))
-        days = (start // DAY).astype(np.int64)
+        days = whole_units(start, DAY)
         pairs = np.unique((rows.astype(np.int64) << 24) | (days & 0xFFFFFF))
         self._count_days(pairs >> 24, pairs & 0xFFFFFF)
 
@@ -379,7 +385,7 @@ class EdgeBaseline:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """After the audit: fold flows into each edge's current-hour byte accumulator.
         Returns (rows, hour, bytes so far) of every (edge, hour) touched."""
-        hour = (start // HOUR).astype(np.int64)
+        hour = whole_units(start, HOUR)
         combo = (rows.astype(np.int64) << 24) | (hour & 0xFFFFFF)  # hours since 1970 < 2^24
         groups, ginv = np.unique(combo, return_inverse=True)
         sums = np.bincount(ginv, weights=nbytes, minlength=len(groups))
@@ -453,7 +459,7 @@ class EdgeBaseline:
         """
         if not len(rows):
             return np.zeros(0, dtype=np.int64), np.zeros(0)
-        hour = (start // HOUR).astype(np.int64)
+        hour = whole_units(start, HOUR)
         order = np.lexsort((start, hour, rows))
         r, h, b = rows[order], hour[order], nbytes[order].astype(np.int64)
         new_group = np.r_[True, (r[1:] != r[:-1]) | (h[1:] != h[:-1])]
@@ -470,4 +476,4 @@ class EdgeBaseline:
 
 
 __all__ = ["DAY", "EDGE_ARRAYS", "HOUR", "EdgeBaseline", "dilate24", "edge_keys", "popcount24",
-           "unpack_keys"]
+           "unpack_keys", "whole_units"]

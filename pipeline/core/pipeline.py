@@ -25,6 +25,7 @@ from pipeline.core.baseline import (
     edge_keys,
     popcount24,
     unpack_keys,
+    whole_units,
 )
 from pipeline.core.detect import (
     NEW_EDGE,
@@ -46,6 +47,7 @@ from pipeline.core.workloads import WORLD, Workloads
 
 _TYPE_CODE = {t: i for i, t in enumerate(TYPES)}
 SERVICE_CLIENTS_MAX = 8  # known_clients_of_service: the first clients by workload key
+_PHASES = pa.array(["audit", "enforce"], pa.string())
 
 
 
@@ -309,7 +311,7 @@ class Pipeline:
         if known.any():
             k_idx, k_rows = idx[known], rows[known]
             mask = self.baseline.hour_mask_[k_rows]
-            hour = (e.start[k_idx] // HOUR).astype(np.int64) % 24
+            hour = whole_units(e.start[k_idx], HOUR) % 24
             active = popcount24(mask)
             # hours a uniform spread of the edge's audit flows would have covered: an hour
             # pattern is only evidence when the edge used far fewer hours than that
@@ -361,7 +363,12 @@ class Pipeline:
     # -- aggregates ----------------------------------------------------------------------
     def _aggregate(self, e: Enriched, keys: np.ndarray, in_audit: np.ndarray,
                    violating: np.ndarray, source_id: str, block: int, version: int) -> pa.Table:
-        minute = (e.start // 60).astype(np.int64)
+        """Edge-minute rows of the batch, ordered by (edge key, minute). Names are looked up
+        once per distinct workload of the batch, not per row or per registered workload.
+
+        (Two ``np.unique`` sorts stay: measured against one sort of both keys (two stable
+        radix passes) and a dense (edge, minute) table, they cost as much or less.)"""
+        minute = whole_units(e.start, 60)
         ukeys, kinv = np.unique(keys, return_inverse=True)
         m0 = int(minute.min())
         span = int(minute.max()) - m0 + 1
@@ -374,12 +381,16 @@ class Pipeline:
         rejected = np.bincount(ginv, weights=e.rejected, minlength=g)
         viol = np.bincount(ginv, weights=violating, minlength=g)
         audit = np.bincount(ginv, weights=in_audit, minlength=g) > 0
-        gkey = ukeys[groups // span]
+        gk = groups // span  # the group's edge (index into ukeys)
         gmin = (groups % span + m0) * 60
-        client, server, port, proto = unpack_keys(gkey)
-        names = {c: pa.array(self.workloads.column(c), pa.string())
+        client, server, port, proto = unpack_keys(ukeys)
+        wids = np.unique(np.concatenate([client, server]))
+        infos = self.workloads.infos
+        picked = [infos[w] for w in wids.tolist()]
+        names = {c: pa.array([getattr(i, c) for i in picked], pa.string())
                  for c in ("namespace", "app", "kind")}
-        ci, si = pa.array(client), pa.array(server)
+        ci = pa.array(np.searchsorted(wids, client)[gk])
+        si = pa.array(np.searchsorted(wids, server)[gk])
         columns: dict[str, pa.Array] = {
             "minute": pa.array(gmin, pa.timestamp("s", tz="UTC")),
             "src_namespace": names["namespace"].take(ci),
@@ -388,16 +399,16 @@ class Pipeline:
             "dst_app": names["app"].take(si),
             "src_kind": names["kind"].take(ci),
             "dst_kind": names["kind"].take(si),
-            "service_port": pa.array(port, pa.uint16()),
-            "proto": pa.array(proto, pa.uint8()),
-            "phase": pa.array(np.where(audit, "audit", "enforce"), pa.string()),
+            "service_port": pa.array(port[gk], pa.uint16()),
+            "proto": pa.array(proto[gk], pa.uint8()),
+            "phase": _PHASES.take(pa.array(np.where(audit, 0, 1).astype(np.int8))),
             "flows": pa.array(flows, pa.uint64()),
             "bytes": pa.array(nbytes.astype(np.uint64), pa.uint64()),
             "packets": pa.array(packets.astype(np.uint64), pa.uint64()),
             "rejected_flows": pa.array(rejected.astype(np.uint64), pa.uint64()),
             "violating_flows": pa.array(viol.astype(np.uint64), pa.uint64()),
             "source_id": pa.array([source_id], pa.string()).take(
-                pa.array(np.zeros(g, dtype=np.int64))),
+                pa.array(np.zeros(g, dtype=np.int8))),
             "block": pa.array(np.full(g, block, dtype=np.uint64), pa.uint64()),
             "version": pa.array(np.full(g, version, dtype=np.uint64), pa.uint64()),
         }

@@ -1,0 +1,106 @@
+"""The core's fast paths (issue 12) against slow obvious references on random inputs."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.core.baseline import DAY, HOUR, edge_keys, whole_units
+from pipeline.core.enrich import enrich
+from pipeline.core.pipeline import Pipeline
+from pipeline.core.settings import CoreSettings
+from pipeline.errors import InputError
+from pipeline.sources import base
+from tests.conftest import T0, flow, flows_table, make_inventory
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_whole_units_equal_float_floor_division(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    t = np.concatenate([
+        rng.uniform(-1e6, 4e9, 20_000),
+        np.round(rng.uniform(9.4e8, 4e9, 5_000), 3),
+        np.arange(-5, 5) * HOUR, np.arange(-5, 5) * DAY,  # exact boundaries
+    ])
+    t = np.concatenate([t, np.nextafter(t, np.inf), np.nextafter(t, -np.inf)])
+    for unit in (60, HOUR, DAY):
+        assert np.array_equal(whole_units(t, unit), (t // unit).astype(np.int64))
+
+
+def _reference_rows(core: Pipeline, e, keys, in_audit, violating, source_id, block, version):
+    """Edge-minute rows the obvious way: a dict per (key, minute), sorted by it."""
+    cells: dict[tuple[int, int], list] = defaultdict(lambda: [0, 0, 0, 0, 0, False])
+    for i in range(len(keys)):
+        c = cells[(int(keys[i]), int(e.start[i] // 60))]
+        c[0] += 1
+        c[1] += int(e.bytes[i])
+        c[2] += int(e.packets[i])
+        c[3] += int(e.rejected[i])
+        c[4] += int(violating[i])
+        c[5] |= bool(in_audit[i])
+    infos = core.workloads.infos
+    rows = []
+    for (key, minute), (n, nb, npk, rej, vio, aud) in sorted(cells.items()):
+        cl, sv = infos[(key >> 43) & 0x7FFFF], infos[(key >> 24) & 0x7FFFF]
+        rows.append({
+            "minute": minute * 60, "src_namespace": cl.namespace, "src_app": cl.app,
+            "dst_namespace": sv.namespace, "dst_app": sv.app, "src_kind": cl.kind,
+            "dst_kind": sv.kind, "service_port": (key >> 8) & 0xFFFF, "proto": key & 0xFF,
+            "phase": "audit" if aud else "enforce", "flows": n, "bytes": nb, "packets": npk,
+            "rejected_flows": rej, "violating_flows": vio, "source_id": source_id,
+            "block": block, "version": version})
+    return rows
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_aggregate_equals_reference(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    inv = make_inventory([{"ip": f"10.0.0.{i}", "app": f"a{i % 5}", "namespace": f"n{i % 3}"}
+                          for i in range(1, 9)])
+    core = Pipeline(CoreSettings(audit_days=1), inv)
+    n = int(rng.integers(1, 3000))
+    t = np.sort(T0 + rng.uniform(0, 3 * HOUR, n)) if seed % 2 else T0 + rng.uniform(0, DAY, n)
+    recs = [flow(float(t[i]), f"10.0.{int(rng.integers(0, 2))}.{int(rng.integers(1, 12))}",
+                 f"10.0.0.{int(rng.integers(1, 12))}", int(rng.integers(1, 65536)),
+                 int(rng.choice([80, 443, 5432, 40000])), proto=int(rng.choice([6, 17])),
+                 nbytes=int(rng.integers(0, 10**9)), packets=int(rng.integers(0, 1000)),
+                 action=str(rng.choice(["accept", "reject"]))) for i in range(n)]
+    e = enrich(flows_table(recs), inv, core.orienter)
+    keys = edge_keys(e.client_wid, e.server_wid, e.service_port, e.proto)
+    in_audit, violating = rng.random(n) < 0.5, rng.random(n) < 0.2
+    got = core._aggregate(e, keys, in_audit, violating, "sha256:x", 7, 9).to_pylist()
+    want = _reference_rows(core, e, keys, in_audit, violating, "sha256:x", 7, 9)
+    for row in got:
+        row["minute"] = int(row["minute"].timestamp())
+    assert got == want
+
+
+@pytest.mark.parametrize("block_bytes", [7, 64, 1000])
+def test_line_blocks_cut_anywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                  block_bytes: int) -> None:
+    monkeypatch.setattr(base, "BLOCK_BYTES", block_bytes)
+    rng = np.random.default_rng(block_bytes)
+    lines = [b"x" * int(rng.integers(0, 3 * block_bytes + 2)) for _ in range(300)]
+    data = b"\n".join(lines) + b"\npartial last line"
+    path = tmp_path / "f.jsonl"
+    path.write_bytes(data)
+    got = list(base.iter_line_blocks(path))
+    assert b"".join(b for b, _ in got) == data
+    line = 1
+    for block, first in got:
+        assert first == line
+        assert base.count_lines(block) == block.count(b"\n")
+        line += block.count(b"\n")
+    assert all(b.endswith(b"\n") for b, _ in got[:-1])
+
+
+def test_line_longer_than_four_blocks_is_refused(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(base, "BLOCK_BYTES", 16)
+    path = tmp_path / "f.jsonl"
+    path.write_bytes(b"ok\n" + b"y" * 100 + b"\n")
+    with pytest.raises(InputError, match="longer than 64 bytes"):
+        list(base.iter_line_blocks(path))
