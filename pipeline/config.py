@@ -66,6 +66,8 @@ class TopicSettings(BaseModel, frozen=True):
     violations_format: Literal["segflow", "ocsf"] = Field(
         "segflow", description="segflow events or OCSF 1.5 Detection Findings")
     candidate_rules: str = Field("segflow-candidate-rules", description="candidate-rule events")
+    incidents: str = Field("segflow-incidents",
+                           description="incident events (violations grouped by source)")
     inventory: str = Field("segflow-inventory", description="inventory records (compacted)")
     state: str = Field("segflow-state",
                        description="per-partition pipeline snapshots (compacted)")
@@ -114,6 +116,7 @@ class StreamSettings(BaseModel, frozen=True):
 _ANNOTATIONS: dict[str, Any] = {
     "float": float, "int": int, "bool": bool, "time": float | None,
     "cidrs": Annotated[tuple[str, ...], NoDecode],  # text is parsed by SettingInfo.parse
+    "labels": Annotated[tuple[str, ...], NoDecode],
 }
 
 

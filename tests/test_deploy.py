@@ -34,7 +34,7 @@ DEPLOY = REPO / "deploy"
 COMPOSE_FILE = REPO / "docker-compose.yml"
 DASHBOARDS = sorted((DEPLOY / "grafana" / "dashboards").glob("*.json"))
 CH_TYPE = "grafana-clickhouse-datasource"
-REPLACING_TABLES = ("edge_minute", "violations", "candidate_rules")
+REPLACING_TABLES = ("edge_minute", "violations", "candidate_rules", "incidents")
 
 # -- compose helpers ---------------------------------------------------------------------
 
@@ -275,8 +275,8 @@ def test_topics_cover_the_worker_settings(
         monkeypatch.setenv(var, value)
     t = WorkerSettings().topics
     topics = _topics()
-    wanted = [*t.raw, t.flows, t.dead_letter, t.violations, t.candidate_rules, t.inventory,
-              t.state, t.control]
+    wanted = [*t.raw, t.flows, t.dead_letter, t.violations, t.candidate_rules, t.incidents,
+              t.inventory, t.state, t.control]
     assert not set(wanted) - set(topics), f"kafka-init does not create {set(wanted) - set(topics)}"
     assert topics[t.flows][0] == t.flows_partitions == 8
     for compacted in (t.inventory, t.state, t.control):
@@ -665,6 +665,15 @@ def _violations() -> list[dict[str, Any]]:
     ]
 
 
+def _incidents() -> list[dict[str, Any]]:
+    """The violations grouped by the real incident module (every version, like the worker)."""
+    from pipeline.core.incidents import Incidents, parse_criticality
+
+    labels = {("payments", "ledger"): (("tier", "db"),)}
+    return Incidents(criticality=parse_criticality(["tier=db:15"])).absorb(
+        _violations(), lambda ns, app: labels.get((ns, app), ()))
+
+
 def _rule(n: int, app: str, direction: str, peer: dict[str, Any], port: int, confidence: float,
           status: str = "proposed", days: int = 10) -> dict[str, Any]:
     return {
@@ -731,6 +740,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
         s.write_rules(_rules())
         s.write_events("rule_status", _decisions())
         s.write_events("simulation_results", _simulation())
+        s.write_events("incidents", _incidents())
         yield s
 
 
@@ -758,6 +768,7 @@ REQUIRED_COLUMNS = {
     "Edges": {"src_namespace", "src_app", "dst_namespace", "dst_app", "service_port", "flows",
               "bytes", "first_seen", "last_seen"},
     "Recent violations": {"ts", "severity", "type", "edge", "reason", "count"},
+    "Recent incidents": {"first_seen", "severity", "source", "violations", "types", "reason"},
     "Top offending workloads": {"workload", "violations", "max_score"},
     "Candidate rules": {"app", "direction", "peer", "ports", "confidence", "status"},
     "Readiness by app": {"app", "rules", "min_confidence", "readiness"},

@@ -119,9 +119,9 @@ def test_differences_name_what_a_migration_cannot_fix() -> None:
 
 # -- the next migration ------------------------------------------------------------------------
 
-INCIDENTS = R.Record(
-    table="incidents",
-    doc="Test table: violations grouped into one incident.",
+FINDINGS = R.Record(
+    table="findings",  # not a real table (incidents is one now)
+    doc="Test table: violations grouped into one finding.",
     fields=(
         R.Column("id", pa.string(), "String"),
         R.Column("ts", R.TS_MS, R.DATETIME_MS, "Delta(8), ZSTD(1)"),
@@ -146,10 +146,10 @@ def _with_new_columns(rec: R.Record) -> R.Record:
 def test_next_migration_brings_a_store_in_line_with_new_declarations(scratch: Store) -> None:
     scratch.migrate()
     existing = load_migrations()
-    changed = (R.EDGE_MINUTE, _with_new_columns(R.VIOLATION), R.CANDIDATE_RULE, INCIDENTS)
+    changed = (R.EDGE_MINUTE, _with_new_columns(R.VIOLATION), R.CANDIDATE_RULE, FINDINGS)
     plan = ddl.plan_migration(ddl.read_tables(scratch.query_rows), existing, changed)
     assert plan.filename == (f"{existing[-1].version + 1:03d}_violations_add_columns_"
-                             "create_incidents.sql")
+                             "create_findings.sql")
     assert plan.statements[:2] == (
         "ALTER TABLE violations ADD COLUMN IF NOT EXISTS tenant LowCardinality(String) AFTER ts",
         "ALTER TABLE violations ADD COLUMN IF NOT EXISTS model_score Float32 AFTER version")
@@ -193,7 +193,8 @@ def test_print_ddl_on_the_committed_migrations_has_nothing_to_add(tmp_path: Path
 def test_committed_json_schemas_are_the_generated_ones() -> None:
     files = ddl.json_schema_files()
     assert set(files) == {"violation.schema.json", "candidate_rule.schema.json",
-                          "rule_decision.schema.json", "simulation_result.schema.json"}
+                          "rule_decision.schema.json", "simulation_result.schema.json",
+                          "incident.schema.json"}
     for name, text in files.items():
         assert (REPO / "schemas" / name).read_text() == text, (
             f"schemas/{name} is stale: run python -m pipeline.storage.ddl and commit it")
@@ -231,8 +232,8 @@ def test_what_the_core_produces_fits_the_records_and_the_store(store: Store) -> 
 
 def test_events_reach_only_declared_tables(store: Store) -> None:
     _, violations, _ = _core_output()
-    with pytest.raises(StorageError, match="no event record declares table 'incidents'"):
-        store.write_events("incidents", violations)
+    with pytest.raises(StorageError, match="no event record declares table 'findings'"):
+        store.write_events("findings", violations)
     assert store.write_events("violations", violations) == len(violations)
 
 

@@ -82,7 +82,7 @@ def test_files_sharing_blocks_after_different_beginnings_both_count(
 
 
 def _outputs(d: Path) -> dict[str, Path]:
-    return {"--violations": d / "v.jsonl", "--rules": d / "r.jsonl",
+    return {"--violations": d / "v.jsonl", "--rules": d / "r.jsonl", "--incidents": d / "i.jsonl",
             "--dead-letter": d / "dl.jsonl", "--policies": d / "policies",
             "--save-baseline": d / "baseline", "--report": d / "report.html"}
 
@@ -103,7 +103,8 @@ def first_run(estate_dir: Path, tmp_path: Path) -> tuple[Path, list[str], dict[s
         args += [flag, str(path)]
     assert cli.main(args) == 0
     before = _snapshot(out)
-    for name in ("v.jsonl", "r.jsonl", "dl.jsonl", "report.html", "baseline/baseline.npz"):
+    for name in ("v.jsonl", "r.jsonl", "i.jsonl", "dl.jsonl", "report.html",
+                 "baseline/baseline.npz"):
         assert before.get(name), f"{name} missing or empty after the first run"
     assert any(k.startswith("policies/") for k in before)
     return out, args, before

@@ -115,7 +115,31 @@ RULE = {
     "status": "proposed",
     "version": 1,
 }
+INCIDENT = {
+    "schema_version": 1,
+    "id": "inc-0123456789abcdef0123",
+    "ts": "2026-02-05T03:00:00.000Z",
+    "severity": {"label": "critical", "score": 90},
+    "source": "shop/web",
+    "src_namespace": "shop",
+    "src_app": "web",
+    "src_ip": "10.1.0.4",
+    "first_seen": "2026-02-05T03:12:00.000Z",
+    "last_seen": "2026-02-05T03:40:00.000Z",
+    "detected_at": "2026-02-05T03:13:00.000Z",
+    "violations": 2,
+    "flows": 41,
+    "types": ["new_edge", "volume_spike"],
+    "dst_workloads": ["payments/ledger"],
+    "violation_ids": ["v-1", "v-2"],
+    "base_score": 75,
+    "criticality": 15,
+    "critical_assets": ["payments/ledger (tier=db)"],
+    "reason": "shop/web raised 2 violations (new_edge, volume_spike).",
+    "version": 3,
+}
 GOOD: dict[str, list[dict[str, Any]]] = {
+    "incident": [INCIDENT, mutate(mutate(INCIDENT, "critical_assets", []), "criticality", 0)],
     "flow": [
         FLOW,
         mutate(mutate(FLOW, "proto", 1), "src_port", 0),
@@ -169,6 +193,11 @@ BAD: list[tuple[str, str, Any]] = [
     ("violation", "evidence", {"seen": "x"}),
     ("violation", "schema_version", 2),
     ("violation", "extra", True),
+    ("incident", "id", DROP),
+    ("incident", "severity.label", "urgent"),
+    ("incident", "violations", 0),
+    ("incident", "types", "scan"),
+    ("incident", "detected_at", "2026-02-05T03:13:00Z"),
     ("candidate_rule", "direction", "both"),
     ("candidate_rule", "peer.kind", "pod"),
     ("candidate_rule", "peer.app", DROP),  # workload peer without app

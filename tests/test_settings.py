@@ -26,6 +26,8 @@ def other_value(info: SettingInfo) -> Any:
         return 1767571200.0
     if info.kind == "cidrs":
         return ("10.0.0.0/8", "fd00::/8")
+    if info.kind == "labels":
+        return ("tier=db:10", "pci=yes:30")
     value = info.default + 1
     if info.high is not None and value > info.high:
         value = info.default - 1
@@ -33,7 +35,7 @@ def other_value(info: SettingInfo) -> Any:
 
 
 def as_text(info: SettingInfo, value: Any) -> str:
-    if info.kind == "cidrs":
+    if info.kind in ("cidrs", "labels"):
         return ",".join(value)
     if info.kind == "bool":
         return "true" if value else "false"
@@ -44,6 +46,8 @@ def invalid_text(info: SettingInfo) -> str | None:
     """Text outside the setting's range (None when every value of the type is allowed)."""
     if info.kind == "cidrs":
         return "10.0.0.0/33"
+    if info.kind == "labels":
+        return "tier=db:101"
     if info.low is not None:
         return str(info.low if info.low_open else info.low - 1)
     if info.high is not None:
@@ -114,7 +118,8 @@ def test_an_invalid_value_gives_the_same_reason_everywhere(
         load_settings()
     assert str(env.value) == f"setting 'core.{info.name}': {reason}"
     with pytest.raises(ValueError, match=f"^{info.name}: "):
-        CoreSettings(**{info.name: (text,) if info.kind == "cidrs" else float(text)})
+        CoreSettings(**{info.name: (text,) if info.kind in ("cidrs", "labels")
+                        else float(text)})
 
 
 def test_bad_types_are_refused() -> None:

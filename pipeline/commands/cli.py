@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "Findings for SIEMs (default %(default)s)")
     r.add_argument("--rules", type=Path,
                    help="write candidate-rule events (JSONL) here (default: not written)")
+    r.add_argument("--incidents", type=Path,
+                   help="write incident events (JSONL, schemas/incident.schema.json; every "
+                   "version, keep the highest per id) here (default: not written)")
     r.add_argument("--policies", type=Path,
                    help="write the candidate rules as policies (with the render report) into "
                         "this folder (default: not written)")
@@ -302,8 +305,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 args.files, inventory, settings, fmt=args.format,
                 format_options={"fields": args.fields} if args.fields else None, store=store,
                 violations_path=args.violations, violations_format=args.violations_format,
-                rules_path=args.rules, dead_letter_path=args.dead_letter,
-                policies_dir=args.policies, policy_format=args.policy_format,
+                rules_path=args.rules, incidents_path=args.incidents,
+                dead_letter_path=args.dead_letter, policies_dir=args.policies,
+                policy_format=args.policy_format,
                 policy_cloud=args.policy_cloud, baseline_dir=args.save_baseline,
                 progress=args.progress, progress_every=args.progress_every, outputs=outputs,
                 time_offset=args.time_offset,
@@ -325,6 +329,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         truth = load_truth(args.truth)
     print_replay_summary(summary, store_url=None if args.no_store else args.store, truth=truth,
                          outputs={"violations": args.violations, "rules": args.rules,
+                                  "incidents": args.incidents,
                                   "policies": args.policies, "dead letters": args.dead_letter,
                                   "baseline": args.save_baseline, "report": args.report})
     return 0

@@ -161,6 +161,7 @@ class _Harness:
         self.naive: list[Any] = [NewPairDetector(), RateDetector()]
         self.first_emit: dict[str, float] = {}
         self.violations: dict[str, dict[str, Any]] = {}
+        self.incident_of: dict[str, str] = {}  # violation id → the core's incident id
         self.flows = 0
 
     def feed(self, table: pa.Table) -> None:
@@ -169,7 +170,7 @@ class _Harness:
         self.flows += table.num_rows
         out = self.core.process(table)
         now = float(pc.max(table.column("start")).as_py())
-        self._take(out.violations, now)
+        self._take(out.violations, now, out.incidents)
         audit_end = self.core.audit_end
         assert audit_end is not None
         e = enrich(table, self.inventory, self.orienter)
@@ -177,7 +178,11 @@ class _Harness:
         for d in self.naive:
             d.feed(e, in_audit)
 
-    def _take(self, violations: list[dict[str, Any]], now: float) -> None:
+    def _take(self, violations: list[dict[str, Any]], now: float,
+              incidents: list[dict[str, Any]]) -> None:
+        for inc in incidents:  # a violation's incident never changes (source and window)
+            for vid in inc["violation_ids"]:
+                self.incident_of[vid] = inc["id"]
         for v in violations:
             self.first_emit.setdefault(v["id"], now)
             old = self.violations.get(v["id"])
@@ -185,8 +190,10 @@ class _Harness:
                 self.violations[v["id"]] = v
 
     def finish(self, end: float) -> dict[str, list[Alert]]:
-        self._take(self.core.flush().violations, end)
-        segflow = [alert_from_violation(v, self.first_emit[k])
+        out = self.core.flush()
+        self._take(out.violations, end, out.incidents)
+        segflow = [alert_from_violation({**v, "incident_id": self.incident_of.get(k, "")},
+                                        self.first_emit[k])
                    for k, v in self.violations.items()]
         return {"segflow": segflow, **{d.name: d.alerts for d in self.naive}}
 

@@ -65,6 +65,7 @@ class ReplaySummary:
     workloads: int = 0
     violations: list[dict[str, Any]] = field(default_factory=list)
     rules: list[dict[str, Any]] = field(default_factory=list)
+    incidents: dict[str, dict[str, Any]] = field(default_factory=dict)  # latest per id
     edge_minute_rows: int = 0
     seconds: float = 0.0
     audit_start: float | None = None
@@ -187,6 +188,7 @@ def replay(
     store: Any = None,
     violations_path: Path | None = None,
     rules_path: Path | None = None,
+    incidents_path: Path | None = None,
     dead_letter_path: Path | None = None,
     policies_dir: Path | None = None,
     policy_format: str = "networkpolicy",
@@ -213,6 +215,7 @@ def replay(
         with Outputs() as own:
             return replay(paths, inventory, settings, fmt=fmt, format_options=format_options,
                           store=store, violations_path=violations_path, rules_path=rules_path,
+                          incidents_path=incidents_path,
                           dead_letter_path=dead_letter_path, policies_dir=policies_dir,
                           policy_format=policy_format, policy_cloud=policy_cloud,
                           baseline_dir=baseline_dir, progress=progress,
@@ -241,20 +244,27 @@ def replay(
     vio_out = outputs.jsonl(violations_path) if violations_path else None
     as_output = violation_formatter(violations_format, _version())
     rule_out = outputs.jsonl(rules_path) if rules_path else None
+    inc_out = outputs.jsonl(incidents_path) if incidents_path else None
     dead = outputs.dead_letter(dead_letter_path) if dead_letter_path else None
 
     def take(out: BatchOutput) -> None:
         summary.violations.extend(out.violations)
         summary.rules.extend(out.rules)
+        for inc in out.incidents:
+            old = summary.incidents.get(inc["id"])
+            if old is None or inc["version"] >= old["version"]:
+                summary.incidents[inc["id"]] = inc
         summary.edge_minute_rows += out.edge_minutes.num_rows
         if out.edge_minutes.num_rows:
             summary.unidentified_flows += _unidentified(out.edge_minutes)
         if writer is not None:
-            writer.add(out.edge_minutes, out.violations, out.rules)
+            writer.add(out.edge_minutes, out.violations, out.rules, incidents=out.incidents)
         if vio_out and out.violations:
             vio_out.write([as_output(v) for v in out.violations])
         if rule_out and out.rules:
             rule_out.write(out.rules)
+        if inc_out and out.incidents:
+            inc_out.write(out.incidents)  # every version: readers keep the highest per id
         if on_batch:
             on_batch(out)
 

@@ -78,6 +78,11 @@ def print_replay_summary(
     if by_sev:
         _say(_line("by severity", ", ".join(f"{k} {by_sev[k]}" for k in
                                              ("critical", "high", "medium", "low") if by_sev[k])))
+    incs = sorted(s.incidents.values(), key=lambda i: (-i["severity"]["score"], i["ts"], i["id"]))
+    inc_sev = Counter(i["severity"]["label"] for i in incs)
+    _say(_line("incidents", f"{len(incs):,}" + (" — " + ", ".join(
+        f"{k} {inc_sev[k]}" for k in ("critical", "high", "medium", "low") if inc_sev[k])
+        if incs else "")))
     apps = {r["app"] for r in s.rules}
     _say(_line("candidate rules", f"{len(s.rules):,} for {len(apps):,} workloads"))
     if truth is not None:
@@ -94,6 +99,11 @@ def print_replay_summary(
                   f"{ep.get('dst_workload') or 'several'}  expected {', '.join(ep['expected'])}")
         for v in ev.unexplained[:5]:
             _say(f"  unexplained {v['type']}: {v['reason']}")
+    if incs and truth is None:
+        _say()
+        _say("top incidents:")
+        for i in incs[:5]:
+            _say(f"  [{i['severity']['label']:>8}] {i['first_seen']}  {i['reason']}")
     top = sorted(s.violations, key=lambda v: -v["severity"]["score"])[:5]
     if top and truth is None:
         _say()

@@ -39,6 +39,7 @@ from pipeline.core.detect import (
 )
 from pipeline.core.enrich import Enriched, Orienter, enrich
 from pipeline.core.events import KnownTraffic, hours_of, rule_event, violation_event
+from pipeline.core.incidents import Incidents, parse_criticality
 from pipeline.core.inventory import Inventory
 from pipeline.core.records import EDGE_MINUTE
 from pipeline.core.rules import derive_rules
@@ -58,6 +59,7 @@ class BatchOutput:
     edge_minutes: pa.Table = field(default_factory=EDGE_MINUTE.schema.empty_table)
     violations: list[dict[str, Any]] = field(default_factory=list)
     rules: list[dict[str, Any]] = field(default_factory=list)
+    incidents: list[dict[str, Any]] = field(default_factory=list)  # changed ones, versioned
     flows: int = 0
     audit_flows: int = 0
     enforce_flows: int = 0
@@ -67,6 +69,12 @@ class BatchOutput:
 def _baseline_params(s: CoreSettings) -> dict[str, Any]:
     return {"max_edges": s.max_edges, "max_edges_per_workload": s.max_edges_per_workload,
             "volume_min_bytes": s.volume_min_bytes, "lateness": s.lateness}
+
+
+def _incidents_params(s: CoreSettings) -> dict[str, Any]:
+    return {"window": s.incident_window, "hold": s.suppress_window + s.lateness,
+            "criticality": parse_criticality(s.criticality_labels),
+            "max_open": s.max_open_incidents}
 
 
 def _windows_params(s: CoreSettings) -> dict[str, Any]:
@@ -88,6 +96,7 @@ class Pipeline:
         self.orienter = Orienter()
         self.baseline = EdgeBaseline(**_baseline_params(settings))
         self.windows = ViolationWindows(**_windows_params(settings))
+        self.incidents = Incidents(**_incidents_params(settings))
         self.counts: dict[str, int] = defaultdict(int)
         self._audit_start: float | None = settings.audit_start
         self._rules_emitted = False
@@ -161,7 +170,7 @@ class Pipeline:
         out.violations.extend(self.drain_events())
         for k in ("flows", "audit_flows", "enforce_flows", "late_audit_flows"):
             self.counts[k] += getattr(out, k)
-        return out
+        return self._with_incidents(out)
 
     def advance(self, t: float) -> BatchOutput:
         """Move event time to ``t`` without flows: end the audit once ``t`` passes its end and
@@ -174,7 +183,7 @@ class Pipeline:
         self.baseline.advance(t)
         self.windows.advance(t)
         out.violations.extend(self.drain_events())
-        return out
+        return self._with_incidents(out)
 
     def drain_events(self) -> list[dict[str, Any]]:
         """Violation events of the windows that are done: closed early by the bound on open
@@ -191,6 +200,19 @@ class Pipeline:
             out.rules.extend(self._rule_events(final=False))
         out.violations.extend(self._events(self.windows.close(everything=True)))
         self.counts["violations"] += len(out.violations)
+        return self._with_incidents(out)
+
+    def _with_incidents(self, out: BatchOutput) -> BatchOutput:
+        """Group ``out``'s violations (new or updated) into incidents; ``out.incidents``
+        gets the incidents they changed (pipeline/core/incidents.py)."""
+        infos = self.workloads.infos
+
+        def labels_of(namespace: str, app: str) -> tuple[tuple[str, str], ...]:
+            wid = self.workloads.lookup(namespace, app)
+            return infos[wid].labels if wid is not None else ()
+
+        out.incidents.extend(self.incidents.absorb(out.violations, labels_of))
+        self.incidents.advance(self.windows.watermark_)
         return out
 
     # -- audit end -----------------------------------------------------------------------
@@ -262,6 +284,7 @@ class Pipeline:
             "workloads": self.workloads.state(),
             "baseline": self.baseline.state(),
             "windows": self.windows.state(),
+            "incidents": self.incidents.state(),
             "listeners": self.orienter.state(),
         }
 
@@ -278,6 +301,7 @@ class Pipeline:
         p.counts.update(state["counts"])
         p.baseline = EdgeBaseline.from_state(state["baseline"], **_baseline_params(settings))
         p.windows = ViolationWindows.from_state(state["windows"], **_windows_params(settings))
+        p.incidents = Incidents.from_state(state.get("incidents"), **_incidents_params(settings))
         p.orienter = Orienter.from_state(state["listeners"])
         if p.baseline.frozen_:
             p._known = p._known_traffic()

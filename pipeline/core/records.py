@@ -410,8 +410,64 @@ SIMULATION_RESULT = Record(
               "proto"),
 )
 
+_NAMES: Json = {"type": "array", "items": {"type": "string"}}
+
+INCIDENT = Record(
+    table="incidents",
+    event="incident",
+    title="segflow incident event",
+    description="The violations of one source (client workload, or the client address when "
+                "it has no identity) within one event-time window, as one finding with the "
+                "strongest member severity raised by asset criticality. Re-emitted with a "
+                "higher version whenever a member is added or updated; ts of an id never "
+                "changes.",
+    doc="Incidents (pipeline/core/incidents.py). An id is its source and window start; "
+        "re-emitting it with a higher version (members added or updated) replaces it. "
+        "Read with FINAL.",
+    fields=(
+        Field("schema_version", {"const": 1}),
+        Column("id", pa.string(), "String", json=_str(1)),
+        Column("ts", TS_MS, DATETIME_MS, "Delta(8), ZSTD(1)",
+               doc="start of the incident window"),
+        Column("severity", pa.string(), LABEL, path="severity.label",
+               json=_enum("low", "medium", "high", "critical")),
+        Column("score", pa.uint8(), "UInt8", path="severity.score",
+               json={"type": "integer", "minimum": 0, "maximum": 100}),
+        Column("source", pa.string(), "String",
+               json=_str(1, "'ns/app', or 'world:<ip>' for a source without identity")),
+        Column("src_namespace", pa.string(), LABEL, default=""),
+        Column("src_app", pa.string(), LABEL, default=""),
+        Column("src_ip", pa.string(), "String", default="",
+               json=_str(description="the first member's client address")),
+        Column("first_seen", TS_MS, DATETIME_MS, doc="the first member's ts"),
+        Column("last_seen", TS_MS, DATETIME_MS),
+        Column("detected_at", TS_MS, DATETIME_MS,
+               doc="event-time watermark at which its first member was emitted"),
+        Column("violations", pa.uint32(), "UInt32", json={"type": "integer", "minimum": 1}),
+        Column("flows", pa.uint64(), "UInt64"),
+        Column("types", pa.list_(pa.string()), "Array(String)", json=_NAMES),
+        Column("dst_workloads", pa.list_(pa.string()), "Array(String)", default=[],
+               json=_NAMES),
+        Column("violation_ids", pa.list_(pa.string()), "Array(String)", json=_NAMES,
+               doc="member violation ids, by ts"),
+        Column("base_score", pa.uint8(), "UInt8",
+               json={"type": "integer", "minimum": 0, "maximum": 100},
+               doc="the strongest member's score"),
+        Column("criticality", pa.uint8(), "UInt8", default=0,
+               json={"type": "integer", "minimum": 0, "maximum": 100},
+               doc="points added for the most critical asset involved"),
+        Column("critical_assets", pa.list_(pa.string()), "Array(String)", default=[],
+               json=_NAMES, doc="'ns/app (label=value)'"),
+        Column("reason", pa.string(), "String", TEXT, default="",
+               json=_str(1, "one sentence")),
+        Column("version", pa.uint64(), "UInt64", default=0),
+    ),
+    partition_by="toYYYYMM(ts)",
+    order_by=("id",),
+)
+
 RECORDS: Final[tuple[Record, ...]] = (EDGE_MINUTE, VIOLATION, CANDIDATE_RULE, RULE_DECISION,
-                                      SIMULATION_RESULT)
+                                      SIMULATION_RESULT, INCIDENT)
 """Every output record, in migration order (a new table goes last)."""
 
 
@@ -542,6 +598,7 @@ def event_records(records: Sequence[Record] = RECORDS) -> list[Record]:
 __all__ = [
     "CANDIDATE_RULE",
     "EDGE_MINUTE",
+    "INCIDENT",
     "RECORDS",
     "REQUIRED",
     "RULE_DECISION",

@@ -19,10 +19,11 @@ from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Literal
 
+from pipeline.core.incidents import parse_criticality
 from pipeline.core.inventory import DEFAULT_INTERNAL_CIDRS
 from pipeline.core.normalize import parse_time_text
 
-Kind = Literal["float", "int", "bool", "time", "cidrs"]
+Kind = Literal["float", "int", "bool", "time", "cidrs", "labels"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +90,16 @@ class SettingInfo:
             else:
                 items = [c for c in s.split(",") if c.strip()]
             return self.check(items)
+        if self.kind == "labels":
+            if s.startswith("["):
+                try:
+                    items = json.loads(s)
+                except json.JSONDecodeError:
+                    raise ValueError(f"'{text}' is not a JSON list of key=value:points"
+                                     ) from None
+            else:
+                items = [c for c in s.split(",") if c.strip()]
+            return self.check(items)
         if self.kind == "time":
             if s.lower() in ("", "none", "null"):
                 return None
@@ -121,6 +132,12 @@ class SettingInfo:
                     raise ValueError(f"'{c}' is not a CIDR") from None
                 out.append(str(c).strip())
             return tuple(out)
+        if self.kind == "labels":
+            if isinstance(value, str) or not isinstance(value, list | tuple):
+                raise ValueError(f"must be a list of key=value:points, got {value!r}")
+            items = tuple(str(v).strip() for v in value)
+            parse_criticality(items)
+            return items
         if value is None and self.kind == "time":
             return None
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -203,6 +220,17 @@ class CoreSettings:
         DEFAULT_INTERNAL_CIDRS, "internal address ranges, comma-separated (addresses inside "
         "with no inventory entry are unknown:<ip>, outside are world)", kind="cidrs",
         metavar="CIDRS", default_text="RFC 1918, CGNAT, IPv6 ULA and link-local")
+    incident_window: float = setting(
+        3600.0, "one incident per source (client workload, or address without identity) per "
+        "window of this many event-time seconds", low=0, low_open=True, metavar="SECONDS")
+    criticality_labels: tuple[str, ...] = setting(
+        ("tier=db:15", "tier=database:15", "criticality=high:15", "criticality=critical:25"),
+        "inventory labels that make a workload a critical asset, comma-separated "
+        "key=value:points; an incident touching one gets that many severity points (0-100)",
+        kind="labels", metavar="LABELS",
+        default_text="tier=db:15, tier=database:15, criticality=high:15, criticality=critical:25")
+    max_open_incidents: int = setting(
+        100_000, "open incidents at most (the oldest close early)", low=1, metavar="N")
 
     def __post_init__(self) -> None:
         for info in SETTINGS:

@@ -37,6 +37,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipeline.core.records import INCIDENT
 from pipeline.errors import StorageError
 from pipeline.storage.store import RetryPolicy
 
@@ -70,6 +71,7 @@ class _Batch:
     tables: list[pa.Table] = field(default_factory=list)
     violations: list[dict[str, Any]] = field(default_factory=list)
     rules: list[dict[str, Any]] = field(default_factory=list)
+    incidents: list[dict[str, Any]] = field(default_factory=list)
     rows: int = 0
     since: float = 0.0  # clock time of its first row
 
@@ -77,9 +79,9 @@ class _Batch:
 class StoreWriter:
     """Batched, bounded, retrying writer in front of a store (see the module docstring).
 
-    ``store`` needs ``write_edge_minutes(table)``, ``write_violations(events)`` and
-    ``write_rules(events)``. Call :meth:`add`/:meth:`flush` from one thread (or one event
-    loop) at a time.
+    ``store`` needs ``write_edge_minutes(table)``, ``write_violations(events)``,
+    ``write_rules(events)`` and, for incidents, ``write_events(table, events)``. Call
+    :meth:`add`/:meth:`flush` from one thread (or one event loop) at a time.
     """
 
     def __init__(self, store: Any, *, max_rows: int = 200_000, max_seconds: float = 5.0,
@@ -111,13 +113,13 @@ class StoreWriter:
     # -- producer side -------------------------------------------------------------------
     def add(self, edge_minutes: pa.Table | None = None,
             violations: Sequence[dict[str, Any]] = (), rules: Sequence[dict[str, Any]] = (),
-            *, wait: bool = True) -> None:
+            *, wait: bool = True, incidents: Sequence[dict[str, Any]] = ()) -> None:
         """Buffer outputs; seal the batch when full or old; with ``wait``, block while more
         than ``max_pending_rows`` rows wait for the store. Raises the sticky error."""
         self._raise()
         b = self._open
         n = (edge_minutes.num_rows if edge_minutes is not None else 0) + len(violations) \
-            + len(rules)
+            + len(rules) + len(incidents)
         if n:
             if not b.rows:
                 b.since = self._clock()
@@ -125,6 +127,7 @@ class StoreWriter:
                 b.tables.append(edge_minutes)
             b.violations.extend(violations)
             b.rules.extend(rules)
+            b.incidents.extend(incidents)
             b.rows += n
         if b.rows >= self.max_rows or self.due:
             self._seal()
@@ -137,9 +140,10 @@ class StoreWriter:
 
     async def add_async(self, edge_minutes: pa.Table | None = None,
                         violations: Sequence[dict[str, Any]] = (),
-                        rules: Sequence[dict[str, Any]] = ()) -> None:
+                        rules: Sequence[dict[str, Any]] = (),
+                        incidents: Sequence[dict[str, Any]] = ()) -> None:
         """:meth:`add` for an event loop: awaits room instead of blocking the loop."""
-        self.add(edge_minutes, violations, rules, wait=False)
+        self.add(edge_minutes, violations, rules, wait=False, incidents=incidents)
         if not self.has_room:
             t0 = time.perf_counter()
             await self._wait_async(self._has_room)
@@ -269,6 +273,9 @@ class StoreWriter:
             self._retrying("violations", lambda: self.store.write_violations(batch.violations))
         if batch.rules:
             self._retrying("candidate_rules", lambda: self.store.write_rules(batch.rules))
+        if batch.incidents:
+            self._retrying(INCIDENT.table, lambda: self.store.write_events(INCIDENT.table,
+                                                                           batch.incidents))
 
     def _retrying(self, table: str, fn: Callable[[], Any]) -> None:
         attempt = 1

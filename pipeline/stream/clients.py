@@ -135,6 +135,7 @@ def worker_topics(t: TopicSettings) -> list[TopicSpec]:
         TopicSpec(t.dead_letter, 1, {"max.message.bytes": str(2 * MiB)}),
         TopicSpec(t.violations, n),
         TopicSpec(t.candidate_rules, n),
+        TopicSpec(t.incidents, n),
     ]
 
 

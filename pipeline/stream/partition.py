@@ -134,6 +134,7 @@ class PartitionState:
             more = p.advance(self.event_time)
             step.output.violations.extend(more.violations)
             step.output.rules.extend(more.rules)
+            step.output.incidents.extend(more.incidents)
         self.offset = offset
         step.audit_ended = p.audit_ended and not frozen
         step.output.violations = self._complete(step.output.violations, step)

@@ -132,8 +132,9 @@ class StatefulStage:
             return
         step = await self._run(state, state.apply, offset, batch)
         out = step.output
-        await self.sink.add_async(out.edge_minutes, out.violations, out.rules)  # back-pressure
-        await self.publisher.publish(out.violations, out.rules)
+        await self.sink.add_async(out.edge_minutes, out.violations, out.rules,  # back-pressure
+                                  out.incidents)
+        await self.publisher.publish(out.violations, out.rules, out.incidents)
         self.metrics.records_in.labels("stateful", self.topics.flows).inc(step.rows)
         if step.dropped:
             self.metrics.duplicates.inc(step.dropped)

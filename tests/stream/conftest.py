@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gzip
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ class Reference:
     totals: Totals
     violations: dict[str, dict[str, Any]]
     rules: dict[str, dict[str, Any]]
+    incidents: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def replay_reference(inventory: Path, lines: list[bytes], flows_file: Path, *,
@@ -57,7 +58,8 @@ def replay_reference(inventory: Path, lines: list[bytes], flows_file: Path, *,
                      on_batch=lambda o: tables.append(o.edge_minutes))
     assert summary.violations and summary.rules
     return Reference(inventory, flows_file, lines, audit_start, audit_days, totals_of(tables),
-                     latest_by_id(summary.violations), latest_by_id(summary.rules))
+                     latest_by_id(summary.violations), latest_by_id(summary.rules),
+                     dict(summary.incidents))
 
 
 @pytest.fixture(scope="session")

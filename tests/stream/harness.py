@@ -49,6 +49,7 @@ class Topics:
                 "state": self.name("state"), "inventory": self.name("inventory"),
                 "dead_letter": self.name("dead-letter"), "violations": self.name("violations"),
                 "candidate_rules": self.name("rules"), "control": self.name("control"),
+                "incidents": self.name("incidents"),
                 "flows_partitions": self.flows_partitions}
 
 

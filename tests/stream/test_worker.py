@@ -77,6 +77,8 @@ def assert_matches_replay(ref: Reference, bootstrap: str, topics: Topics,
              for k, v in violations.items() if comparable(v) != comparable(ref.violations[k])}
     assert not diffs, diffs
     assert rules == ref.rules
+    incidents = read_events(bootstrap, topics.name("incidents"))
+    assert ref.incidents and incidents == ref.incidents  # every field, version included
     totals = merged_totals(stores)
     assert sum(f for f, _ in totals.values()) == len(ref.lines)
     assert totals == ref.totals
@@ -107,6 +109,11 @@ def test_one_worker_equals_replay(kafka_bootstrap: str, reference: Reference,
     assert "Traceback" not in w.text()
     assert_matches_replay(reference, kafka_bootstrap, topics, [store])
     assert store_totals(store) == reference.totals  # the same, summed by ClickHouse itself
+    from pipeline.storage import open_store
+
+    with open_store(f"chdb://{store}") as s:  # the worker stored the latest incidents too
+        stored = dict(s.query_rows("SELECT id, version FROM incidents FINAL"))
+    assert stored == {k: v["version"] for k, v in reference.incidents.items()}
     # events are keyed by app, deterministic ids; the state topic holds every partition
     recs = read_topic(kafka_bootstrap, topics.name("violations"))
     assert all(orjson.loads(r.value)["src_workload"].encode() == r.key for r in recs)
