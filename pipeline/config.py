@@ -98,8 +98,10 @@ class StreamSettings(BaseModel, frozen=True):
 
     poll_timeout_ms: int = Field(200, ge=1, description="ingest: wait this long for raw records")
     max_messages: int = Field(20_000, ge=1, description="ingest: raw messages per batch at most")
-    message_rows: int = Field(8_000, ge=1,
-                              description="ingest: flows per internal message (< 1 MiB)")
+    message_rows: int = Field(
+        40_000, ge=1, le=100_000,
+        description="ingest: flows per internal message (~4 MB of canonical flows; the worker "
+        "sets the flows topic's max.message.bytes to 16 MiB)")
     max_record_bytes: int = Field(1 << 20, ge=1024,
                                   description="ingest: longer raw records are dead-lettered")
     watermark_step: float = Field(

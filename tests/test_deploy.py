@@ -28,6 +28,7 @@ import yaml
 
 from pipeline.config import WorkerSettings
 from pipeline.storage import Store, open_store
+from pipeline.stream.clients import worker_topics
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -286,6 +287,19 @@ def test_topics_cover_the_worker_settings(
     assert replicas <= t.flows_partitions
     goflow = _services(compose)["goflow2"]["command"]
     assert f"-transport.kafka.topic={next(k for k, v in t.raw.items() if v == 'goflow2')}" in goflow
+
+
+def test_topics_allow_the_message_sizes_the_worker_writes(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for var, value in _worker_env(compose).items():
+        monkeypatch.setenv(var, value)
+    topics = _topics()
+    specs = [s for s in worker_topics(WorkerSettings().topics) if "max.message.bytes" in s.configs]
+    assert specs
+    for spec in specs:
+        configs = dict(c.split("=", 1) for c in topics[spec.name][1])
+        assert configs.get("max.message.bytes") == spec.configs["max.message.bytes"], spec.name
 
 
 def test_create_topics_script_creates_each_topic(tmp_path: Path) -> None:

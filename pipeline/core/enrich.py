@@ -62,6 +62,10 @@ _IS_STRONG[EPHEMERAL_FLOOR:] = False
 _IS_EPHEMERAL = np.zeros(65536, dtype=bool)
 _IS_EPHEMERAL[EPHEMERAL_FLOOR:] = True
 _LISTENERS_MAX = 1 << 20  # confirmed (address, port) listeners kept (cleared when full)
+# Identity an upstream stage already derived (the streaming router enriches to route): a flow
+# table carrying these columns — wids of the inventory it is enriched with, and whether the
+# record was server → client — is taken as is instead of being enriched again.
+IDENTITY_COLUMNS = ("client_wid", "server_wid", "swapped")
 
 
 @dataclass(slots=True)
@@ -262,7 +266,10 @@ def _scope_masks(workloads: Workloads, wids: np.ndarray) -> tuple[np.ndarray, np
 
 
 def enrich(table: pa.Table, inventory: Inventory, orienter: Orienter) -> Enriched:
-    """Identity + orientation for a FLOW_SCHEMA table."""
+    """Identity + orientation for a FLOW_SCHEMA table (taken from its
+    :data:`IDENTITY_COLUMNS` when it carries them; ``orienter`` then learns nothing)."""
+    if IDENTITY_COLUMNS[0] in table.schema.names:
+        return _given(table, inventory)
     start = _np(table.column("start"))
     src_ip = table.column("src_ip").combine_chunks()
     dst_ip = table.column("dst_ip").combine_chunks()
@@ -300,4 +307,31 @@ def enrich(table: pa.Table, inventory: Inventory, orienter: Orienter) -> Enriche
     )
 
 
-__all__ = ["SERVICE_PORTS", "Enriched", "Orienter", "enrich"]
+def _given(table: pa.Table, inventory: Inventory) -> Enriched:
+    """:class:`Enriched` from a table's :data:`IDENTITY_COLUMNS` (no lookup, no orientation)."""
+    client = _np(table.column("client_wid")).astype(np.int64, copy=False)
+    server = _np(table.column("server_wid")).astype(np.int64, copy=False)
+    swap = _np(table.column("swapped")).astype(bool, copy=False)
+    src_port = _np(table.column("src_port")).astype(np.int32)
+    dst_port = _np(table.column("dst_port")).astype(np.int32)
+    n = table.num_rows
+    _, local = _scope_masks(inventory.workloads, np.concatenate([client, server]))
+    return Enriched(
+        start=_np(table.column("start")),
+        end=_np(table.column("end")),
+        client_wid=client,
+        server_wid=server,
+        client_port=np.where(swap, dst_port, src_port),
+        service_port=np.where(swap, src_port, dst_port),
+        proto=_np(table.column("proto")).astype(np.int16),
+        bytes=_np(table.column("bytes")).astype(np.int64),
+        packets=_np(table.column("packets")).astype(np.int64),
+        rejected=_np(table.column("action")) == ACTION_REJECT,
+        swapped=swap,
+        local=local[:n] | local[n:],
+        src_ip=table.column("src_ip").combine_chunks(),
+        dst_ip=table.column("dst_ip").combine_chunks(),
+    )
+
+
+__all__ = ["IDENTITY_COLUMNS", "SERVICE_PORTS", "Enriched", "Orienter", "enrich"]

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 
 from pipeline.config import KafkaSettings, TopicSettings
@@ -157,6 +157,7 @@ def ensure_topics(k: KafkaSettings, specs: list[TopicSpec], raw: list[str]) -> d
             if s.exact and have is not None and have != s.partitions:
                 raise ConfigError(f"topic {s.name} has {have} partitions, not {s.partitions}: "
                                   f"{s.exact}")
+        _ensure_message_bytes(admin, [s for s in specs if s.name in existing])
         for name in raw:
             if name not in existing:
                 log.warning("raw topic %s does not exist yet; waiting for collectors", name)
@@ -165,6 +166,43 @@ def ensure_topics(k: KafkaSettings, specs: list[TopicSpec], raw: list[str]) -> d
         raise BrokerError(f"Kafka at {k.bootstrap} rejected a topic request: {exc}") from exc
     finally:
         admin.close()
+
+
+MESSAGE_BYTES = "max.message.bytes"
+
+
+def _ensure_message_bytes(admin: KafkaAdminClient, specs: list[TopicSpec]) -> None:
+    """Raise ``max.message.bytes`` of existing topics that accept smaller messages than the
+    worker writes (a topic created by hand or by an older version keeps the broker's default,
+    1 MiB); ConfigError, naming the fix, when the broker refuses."""
+    wanted = {s.name: int(s.configs[MESSAGE_BYTES]) for s in specs if MESSAGE_BYTES in s.configs}
+    if not wanted:
+        return
+    described = admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, name, configs=[MESSAGE_BYTES])
+         for name in wanted], config_filter="all").get("topic", {})
+    have = {name: int(described.get(name, {}).get(MESSAGE_BYTES, {}).get("value", 0))
+            for name in wanted}
+    low = {name: need for name, need in wanted.items() if have[name] < need}
+    if not low:
+        return
+    try:
+        result = admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, name, configs={MESSAGE_BYTES: str(need)})
+             for name, need in low.items()], incremental=True).get("topic", {})
+        refused = {n: r for n, r in result.items() if r != "OK"}
+    except (KafkaError, ValueError) as exc:
+        refused = {n: str(exc) for n in low}
+    if refused:
+        name, why = next(iter(sorted(refused.items())))
+        raise ConfigError(
+            f"topic {name} accepts messages up to {have[name]} bytes and the worker cannot "
+            f"raise max.message.bytes to {low[name]} ({why}); set it "
+            f"with kafka-configs.sh --alter --entity-type topics --entity-name {name} "
+            f"--add-config {MESSAGE_BYTES}={low[name]}")
+    for name, need in low.items():
+        log.info("topic %s: raised %s to %d (the worker's messages are up to that size)",
+                 name, MESSAGE_BYTES, need)
 
 
 def _partition_counts(admin: KafkaAdminClient, names: list[str]) -> dict[str, int]:

@@ -41,7 +41,7 @@ from pipeline.core.inventory import Inventory
 from pipeline.sources import get_parser
 from pipeline.sources.base import BlockParser
 from pipeline.stream.control import AuditStartAgreement
-from pipeline.stream.flowbatch import encode, source_name
+from pipeline.stream.flowbatch import Identity, encode, source_name
 from pipeline.stream.metrics import Metrics
 from pipeline.stream.rawblock import RawReject, parse_messages
 from pipeline.stream.routing import Router
@@ -276,6 +276,8 @@ class IngestStage:
         counts = np.bincount(routed.partition, minlength=self.router.partitions)
         flows = flows.take(pa.array(order))
         src_idx, offs = src_idx[order], offs[order]
+        client, server = routed.client_wid[order], routed.server_wid[order]
+        swapped, registry = routed.swapped[order], self.router.inventory.workloads
         meta = self._meta(frozenset(sources))
         start = 0
         for p, c in enumerate(counts.tolist()):
@@ -288,8 +290,10 @@ class IngestStage:
                 pending = {sources[i]: parsed.before[sources[i]] for i, end in ends if end > hi}
                 m = meta if not pending else {
                     **meta, "watermarks": {**meta["watermarks"], **pending}}
+                identity = Identity.of(client[lo:hi], server[lo:hi], swapped[lo:hi], registry)
                 out.messages.append((p, encode(flows.slice(lo, hi - lo), sources,
-                                               src_idx[lo:hi], offs[lo:hi], **m)))
+                                               src_idx[lo:hi], offs[lo:hi], **m,
+                                               identity=identity)))
             start += c
         sent_to = {p for p, c in enumerate(counts.tolist()) if c}
         for p in sent_to:

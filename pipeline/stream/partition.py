@@ -41,7 +41,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from pipeline.core.columns import FLOW_SCHEMA
+from pipeline.core.columns import FLOW_COLUMNS, FLOW_SCHEMA
 from pipeline.core.events import iso
 from pipeline.core.inventory import Inventory
 from pipeline.core.pipeline import BatchOutput, Pipeline
@@ -103,7 +103,7 @@ class PartitionState:
         p = self.pipeline
         frozen = p.audit_ended
         step = Step(BatchOutput(), rows=batch.num_rows)
-        flows = batch.flows
+        flows = batch.enriched_flows(p.workloads)  # the router's identity: no second enrich
         if batch.num_rows:
             floor = np.array([self.applied.get(s, -1) for s in batch.sources], dtype=np.int64)
             keep = batch.offsets > floor[batch.source_index]
@@ -205,7 +205,7 @@ class PartitionState:
             log.info("partition %d: event time reached the audit end %s; applying %d "
                      "post-audit flows held until then", self.partition, iso(end),
                      sum(h.num_rows for h in held))
-        both = pa.concat_tables([*held, flows])
+        both = pa.concat_tables(_uniform([*held, flows]))
         order = np.argsort(both.column("start").to_numpy(), kind="stable")
         return both.take(pa.array(order))
 
@@ -283,20 +283,34 @@ class PartitionState:
         )
 
 
+def _uniform(tables: list[pa.Table]) -> list[pa.Table]:
+    """``tables`` with one schema: FLOW_SCHEMA alone when some lack the identity columns
+    (messages of older workers; the core then enriches them all)."""
+    if all(t.schema.equals(tables[0].schema) for t in tables[1:]):
+        return tables
+    return [t.select(list(FLOW_COLUMNS)) for t in tables]
+
+
 def _ipc(tables: list[pa.Table]) -> bytes:
-    """``tables`` (FLOW_SCHEMA) as one Arrow IPC stream; empty bytes when there are none."""
+    """``tables`` (FLOW_SCHEMA, with or without the identity columns, whose wids belong to
+    the snapshot's own registry) as one Arrow IPC stream; empty bytes when there are none."""
     if not tables:
         return b""
+    tables = _uniform(tables)
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, FLOW_SCHEMA, options=_IPC_OPTIONS) as writer:
+    with pa.ipc.new_stream(sink, tables[0].schema, options=_IPC_OPTIONS) as writer:
         for t in tables:
             writer.write_table(t)
     return sink.getvalue().to_pybytes()
 
 
+_HELD_SCHEMA = pa.schema([*FLOW_SCHEMA, pa.field("client_wid", pa.int64()),
+                          pa.field("server_wid", pa.int64()), pa.field("swapped", pa.bool_())])
+
+
 def _from_ipc(data: bytes) -> list[pa.Table]:
     table = pa.ipc.open_stream(data).read_all()
-    if not table.schema.equals(FLOW_SCHEMA):
+    if not (table.schema.equals(FLOW_SCHEMA) or table.schema.equals(_HELD_SCHEMA)):
         raise ValueError("corrupt partition snapshot: held flows are not flow rows")
     return [table]
 

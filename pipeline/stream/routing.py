@@ -3,9 +3,9 @@
 All of an edge's state (baseline row, violation windows, a client's scan window, the rules
 that name it) depends only on its client, so keying by client keeps it on one partition.
 The client is found exactly as the core finds it (inventory at the flow's time, then
-orientation); the router keeps its own :class:`Orienter`, so a flow whose orientation hinges
-on a listener the router learned but the partition did not (or the reverse) can in rare
-cases be oriented differently downstream — see docs/streaming.md.
+orientation, with the router's own :class:`Orienter` over every flow it routes), and that
+enrichment travels with the flows (:class:`~pipeline.stream.flowbatch.Identity`): the stateful
+stage does not enrich again, so a partition always holds its clients' flows.
 """
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ class Routed:
 
     partition: np.ndarray  # int32 per row
     misses: dict[tuple[str, str], int]  # (side, "world" | "unknown") → flows
+    client_wid: np.ndarray  # int64 per row, in the router inventory's registry
+    server_wid: np.ndarray
+    swapped: np.ndarray  # bool per row: the record was server → client
 
 
 class Router:
@@ -57,7 +60,8 @@ class Router:
     def route(self, flows: pa.Table) -> Routed:
         """Partition per row of a FLOW_SCHEMA table."""
         if flows.num_rows == 0:
-            return Routed(np.zeros(0, dtype=np.int32), {})
+            none = np.zeros(0, dtype=np.int64)
+            return Routed(np.zeros(0, dtype=np.int32), {}, none, none, np.zeros(0, dtype=bool))
         e = enrich(flows, self.inventory, self.orienter)
         lut = self._table()
         unknown_wid = self.inventory.workloads.column("kind") == "unknown"
@@ -69,7 +73,7 @@ class Router:
                 misses[(side, "world")] = world
             if unknown:
                 misses[(side, "unknown")] = unknown
-        return Routed(lut[e.client_wid], misses)
+        return Routed(lut[e.client_wid], misses, e.client_wid, e.server_wid, e.swapped)
 
 
 __all__ = ["Routed", "Router", "partition_for"]

@@ -23,9 +23,10 @@ from pipeline.core.baseline import DAY, EDGE_ARRAYS
 from pipeline.core.pipeline import Pipeline
 from pipeline.core.settings import CoreSettings
 from pipeline.stream import partition as partition_mod
-from pipeline.stream.flowbatch import decode, encode
+from pipeline.stream.flowbatch import Identity, decode, encode
 from pipeline.stream.outputs import latest_by_id
 from pipeline.stream.partition import PartitionState
+from pipeline.stream.routing import Router
 from tests.conftest import T0, flow, flows_table, make_inventory
 
 A, B = "raw/0", "raw/1"
@@ -77,10 +78,12 @@ def straddling() -> dict[str, list[dict[str, Any]]]:
 
 
 def messages(traffic_of: Callable[[], dict[str, list[dict[str, Any]]]] = traffic,
-             chunk: float = CHUNK) -> list[bytes]:
+             chunk: float = CHUNK, *, identity: bool = False) -> list[bytes]:
     """The internal messages: raw chunks in arrival order (A ``LAG`` ahead of B), every third
-    message two chunks merged, each carrying the ingest's newest start per raw partition;
-    then a progress message far ahead (closes every window, like replay's flush)."""
+    message two chunks merged, each carrying the ingest's newest start per raw partition
+    (and with ``identity`` the router's enrichment, as the ingest stage sends it); then a
+    progress message far ahead (closes every window, like replay's flush)."""
+    router = Router(make_inventory(INVENTORY), 1)
     chunks = []  # (arrival, source, records)
     for i, (name, recs) in enumerate(traffic_of().items()):
         starts = np.array([r["start"] for r in recs])
@@ -104,9 +107,12 @@ def messages(traffic_of: Callable[[], dict[str, list[dict[str, Any]]]] = traffic
             offsets += list(range(next_offset[name], next_offset[name] + len(part)))
             next_offset[name] += len(part)
             newest[name] = max(newest.get(name, -np.inf), max(r["start"] for r in part))
-        out.append(encode(flows_table(recs), [A, B], np.array(index, np.int32),
+        table = flows_table(recs)
+        r = router.route(table)
+        given = Identity.of(r.client_wid, r.server_wid, r.swapped, router.inventory.workloads)
+        out.append(encode(table, [A, B], np.array(index, np.int32),
                           np.array(offsets), watermarks=dict(newest), partitions={"raw": 2},
-                          audit_start=T0))
+                          audit_start=T0, identity=given if identity else None))
     out.append(encode(flows_table([]), [], np.zeros(0, np.int32), np.zeros(0),
                       watermarks={A: T0 + 10 * DAY, B: T0 + 10 * DAY}, partitions={"raw": 2},
                       audit_start=T0))
@@ -202,11 +208,13 @@ def test_flows_of_a_partition_read_ahead_wait_for_the_watermark(
     assert_equal(state, got, replay_ref)
 
 
+@pytest.mark.parametrize("identity", [False, True], ids=["core-enrich", "router-identity"])
 def test_held_flows_survive_a_snapshot_and_replay_identically(
-        replay_ref: tuple[Pipeline, Results]) -> None:
+        replay_ref: tuple[Pipeline, Results], identity: bool) -> None:
     """Snapshot while flows are held, run past the audit end, crash, restore, re-apply:
-    the re-applied messages give the same rows (same blocks) and the results equal replay."""
-    msgs = messages()
+    the re-applied messages give the same rows (same blocks) and the results equal replay
+    (held flows keep the router's identity, in the snapshot's wids, when they carry it)."""
+    msgs = messages(identity=identity)
     state, first, got = new_state(), Results(), Results()
     snap, snap_at, crash_at = b"", -1, -1
     for offset, data in enumerate(msgs):
@@ -222,6 +230,7 @@ def test_held_flows_survive_a_snapshot_and_replay_identically(
     assert snap and crash_at > snap_at
     held = state.deferred  # emptied by the audit end
     state = PartitionState.from_bytes(snap, SETTINGS, make_inventory(INVENTORY))
+    assert ("client_wid" in state.deferred[0].schema.names) == identity
     assert state.offset == snap_at and state.deferred_rows > 100 and not held
     again = Results()
     for offset in range(snap_at + 1, len(msgs)):

@@ -10,10 +10,18 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
+from kafka.admin import ConfigResource, ConfigResourceType
 
 from pipeline.config import KafkaSettings
 from pipeline.errors import ConfigError
-from pipeline.stream.clients import aiokafka_kwargs, control_topic, ensure_topics
+from pipeline.stream.clients import (
+    MAX_MESSAGE_BYTES,
+    TopicSpec,
+    admin_client,
+    aiokafka_kwargs,
+    control_topic,
+    ensure_topics,
+)
 from pipeline.stream.control import (
     AuditStartAgreement,
     parse_proposal,
@@ -152,3 +160,22 @@ def test_a_control_topic_with_several_partitions_is_one_config_error(
     assert "\n" not in msg
     assert f"topic {topic} has 2 partitions, not 1: its first record decides" in msg
     assert "topics.control" in msg
+
+
+@pytest.mark.kafka
+def test_existing_topics_get_the_message_size_the_worker_writes(
+        kafka_topic: Any, kafka_bootstrap: str) -> None:
+    """A flows topic created by hand (1 MiB messages) is raised to the worker's size; the
+    topic's other settings stay (incremental change)."""
+    flows = kafka_topic(2, configs={"max.message.bytes": str(1 << 20), "retention.ms": "3600000"})
+    big = TopicSpec(flows, 2, {"max.message.bytes": str(MAX_MESSAGE_BYTES)})
+    k = KafkaSettings(bootstrap=kafka_bootstrap)
+    ensure_topics(k, [big], [])
+    admin = admin_client(k)
+    try:
+        got = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, flows)])["topic"]
+    finally:
+        admin.close()
+    assert got[flows]["max.message.bytes"]["value"] == str(MAX_MESSAGE_BYTES)
+    assert got[flows]["retention.ms"]["value"] == "3600000"
+    ensure_topics(k, [big], [])  # already right: nothing to change

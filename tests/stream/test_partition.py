@@ -11,12 +11,13 @@ import pyarrow as pa
 import pytest
 
 from pipeline.core.baseline import DAY
+from pipeline.core.enrich import Orienter
 from pipeline.core.inventory import Inventory, load_inventory
 from pipeline.core.pipeline import Pipeline
 from pipeline.core.settings import CoreSettings
 from pipeline.sources import get_parser
 from pipeline.sources.canonical import CanonicalParser
-from pipeline.stream.flowbatch import decode, encode
+from pipeline.stream.flowbatch import Identity, decode, encode
 from pipeline.stream.ingest import _cuts
 from pipeline.stream.outputs import latest_by_id
 from pipeline.stream.partition import PartitionState
@@ -54,6 +55,38 @@ def test_flow_batch_round_trip_drops_and_restores_null_columns() -> None:
     assert progress.audit_start is None  # not agreed yet
     with pytest.raises(ValueError, match="not a segflow flow batch"):
         decode(b"garbage")
+
+
+def test_flow_batch_carries_the_router_identity_into_another_registry() -> None:
+    """The router's wids are its own: the message names the workloads, and the stateful
+    side interns them into its registry (other wids, same identities, labels kept)."""
+    def entry(ip: str, ns: str, app: str) -> dict[str, object]:
+        return {"ip": ip, "namespace": ns, "app": app, "labels": {"app": app}}
+
+    inv = make_inventory([entry("10.0.0.1", "shop", "web"), entry("10.0.0.2", "shop", "db")])
+    flows = flows_table([flow(T0 + i, "10.0.0.1", "10.0.0.2", 40_000 + i, 5432)
+                         for i in range(3)] + [flow(T0 + 9, "10.0.0.2", "10.0.0.1", 5432, 41_000)])
+    r = Router(inv, 2).route(flows)
+    reg = inv.workloads
+    data = encode(flows, ["raw/0"], np.zeros(4, np.int32), np.arange(4),
+                  watermarks={}, partitions={}, identity=Identity.of(
+                      r.client_wid, r.server_wid, r.swapped, reg))
+    b = decode(data)
+    assert b.flows.equals(flows) and b.identity is not None
+    other = make_inventory([entry("10.0.0.9", "ops", "x"), entry("10.0.0.2", "shop", "db"),
+                            entry("10.0.0.1", "shop", "web")]).workloads
+    table = b.enriched_flows(other)
+    names = {c: [other.infos[w].key for w in table.column(c).to_pylist()]
+             for c in ("client_wid", "server_wid")}
+    assert names == {"client_wid": ["shop/web"] * 4, "server_wid": ["shop/db"] * 4}
+    assert table.column("swapped").to_pylist() == [False] * 3 + [True]
+    assert [other.infos[w] for w in table.column("client_wid").to_pylist()] == [
+        reg.infos[w] for w in r.client_wid.tolist()]
+    assert decode(encode(flows, ["raw/0"], np.zeros(4, np.int32), np.arange(4),
+                         watermarks={}, partitions={})).identity is None  # older workers
+    for bad in ([["shop", "web"]], []):  # a short descriptor; indices out of range
+        with pytest.raises(ValueError, match="not a segflow flow batch"):
+            decode(_with_meta(data, wl=bad))
 
 
 def _with_meta(data: bytes, **changes: object) -> bytes:
@@ -199,11 +232,19 @@ def test_watermark_waits_for_every_raw_partition_and_skips_idle_ones() -> None:
     assert st.watermark() == T0 + 60
 
 
-def test_partitions_equal_replay_despite_resends_and_restores(reference: Reference) -> None:
+def _never(*args: object, **kwargs: object) -> np.ndarray:
+    raise AssertionError("enriched twice")
+
+
+@pytest.mark.parametrize("identity", [True, False], ids=["router-identity", "core-enrich"])
+def test_partitions_equal_replay_despite_resends_and_restores(
+        reference: Reference, identity: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """The exactly-once argument without a broker: the ingest re-sends overlapping ranges
     with other batch boundaries, partitions crash and restore older snapshots and replay
     — the union of their outputs still equals one replay, known clients of a service
-    included: partitions hold new_edge events until every partition's map is known."""
+    included: partitions hold new_edge events until every partition's map is known.
+    With the router's identity on the wire (what the ingest sends) the partitions do not
+    enrich again; without it (older workers) the core enriches."""
     rnd = random.Random(3)
     settings = CoreSettings(audit_days=reference.audit_days, audit_start=reference.audit_start)
     parts = 4
@@ -219,11 +260,16 @@ def test_partitions_equal_replay_despite_resends_and_restores(reference: Referen
         newest = max(newest, float(np.max(batch.flows.column("start").to_numpy())))
         for p in range(parts):
             mine = routed.partition == p
+            given = Identity.of(routed.client_wid[mine], routed.server_wid[mine],
+                                routed.swapped[mine], router.inventory.workloads)
             log[p].append(encode(batch.flows.filter(pa.array(mine)), ["raw/0"],
                                  np.zeros(int(mine.sum()), np.int32), batch.offsets[mine],
-                                 watermarks={"raw/0": newest}, partitions={"raw": 1}))
+                                 watermarks={"raw/0": newest}, partitions={"raw": 1},
+                                 identity=given if identity else None))
         # a crashed ingest re-sends from its last commit: overlap, other boundaries
         pos = max(0, pos - rnd.randint(1, 3000)) if rnd.random() < 0.25 else pos + n
+    if identity:  # the partitions never orient (nor look up) a flow again
+        monkeypatch.setattr(Orienter, "orient", _never)
     violations, rules, tables = [], [], []
     directory, states = ServiceDirectory(parts), []
     for p in range(parts):
