@@ -88,6 +88,45 @@ def test_cli_outputs_json_csv_and_table(stored):
     assert lines[0].split()[:2] == ["src_namespace", "src_app"] and len(lines) == 2 + 3
 
 
+def test_incidents_as_table_json_and_csv(stored):
+    summary, url = stored
+    incidents = summary.incidents
+    assert incidents
+    js = segflow("query", "incidents", "--store", url, "-o", "json", "--limit", "1000")
+    assert js.returncode == 0, js.stderr
+    got = {r["id"]: r for r in orjson.loads(js.stdout)}
+    assert set(got) == set(incidents)
+    for k, r in got.items():
+        want = incidents[k]
+        assert (r["severity"], r["score"], r["source"], r["violations"], r["types"],
+                r["violation_ids"], r["first_seen"]) == (
+            want["severity"]["label"], want["severity"]["score"], want["source"],
+            want["violations"], want["types"], want["violation_ids"], want["first_seen"])
+    cs = segflow("query", "incidents", "--store", url, "-o", "csv")
+    assert cs.returncode == 0, cs.stderr
+    rows = list(csv.DictReader(io.StringIO(cs.stdout)))
+    assert {r["id"] for r in rows} == set(incidents)
+    assert all(r["types"] == ",".join(incidents[r["id"]]["types"]) for r in rows)
+    tb = segflow("query", "incidents", "--store", url)
+    assert tb.returncode == 0, tb.stderr
+    lines = tb.stdout.splitlines()
+    assert lines[0].split()[:3] == ["first_seen", "severity", "score"]
+    assert len(lines) == 2 + len(incidents)
+    # one source's incidents by app; the members of the latest ones; counts per day
+    one = next(iter(incidents.values()))
+    with open_store(url) as store:
+        mine = run_view(store, "incidents", QueryFilter(app=one["src_app"])).to_pylist()
+        members = run_view(store, "incident-violations", QueryFilter(limit=1000)).to_pylist()
+        counts = run_view(store, "incident-counts", QueryFilter(limit=1000)).to_pylist()
+    assert one["id"] in {r["id"] for r in mine}
+    assert all(one["src_app"] == r["source"].split("/")[-1]
+               or any(d.endswith("/" + one["src_app"]) for d in r["dst_workloads"])
+               for r in mine)
+    assert sorted((m["incident_id"], m["id"]) for m in members) == sorted(
+        (k, v) for k, i in incidents.items() for v in i["violation_ids"])
+    assert sum(c["incidents"] for c in counts) == len(incidents)
+
+
 def test_table_output_escapes_control_characters():
     t = pa.table({"app": ["ok\x1b[2J\rall clear"], "n": [1]})
     text = render(t, "table")

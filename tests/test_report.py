@@ -76,7 +76,7 @@ def test_report_is_self_contained(report: Path):
     assert "Content-Security-Policy" in page and "default-src 'none'" in page
     assert '<script src="http' not in page and '<link rel="stylesheet" href="http' not in page
     for section in ('id="map"', 'id="violations"', 'id="audit"', 'id="coverage"', 'id="input"',
-                    'id="would-block"'):
+                    'id="would-block"', 'id="incidents"', 'id="latest-incidents"'):
         assert section in page
 
 
@@ -90,7 +90,7 @@ def test_report_escapes_hostile_names(stored, tmp_path: Path):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;\\x1b[2J" in page
 
 
-def test_report_renders_in_chromium(report: Path, browser) -> None:
+def test_report_renders_in_chromium(report: Path, browser, stored) -> None:
     import json
 
     from selenium.webdriver.common.by import By
@@ -98,11 +98,12 @@ def test_report_renders_in_chromium(report: Path, browser) -> None:
 
     browser.get(report.as_uri())
     WebDriverWait(browser, 60).until(
-        lambda d: len(d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .main-svg")) >= 5)
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .main-svg")) >= 6)
     marks = {
         "map nodes": "#chart-map .scatterlayer .trace .points path",
         "violation bars by type": "#chart-by-type .barlayer .point path",
         "violation bars by severity": "#chart-by-severity .barlayer .point path",
+        "incident bars by severity": "#chart-incidents .barlayer .point path",
         "audit heatmap": "#chart-audit .heatmaplayer image",
         "coverage bars": "#chart-coverage .barlayer .point path",
     }
@@ -110,6 +111,14 @@ def test_report_renders_in_chromium(report: Path, browser) -> None:
     assert all(n > 0 for n in drawn.values()), drawn
     rows = browser.find_elements(By.CSS_SELECTOR, "#latest-violations tr")
     assert len(rows) > 1
+    # the latest incidents, each with its member violations (as stored)
+    summary = stored[0]
+    incidents = browser.find_elements(By.CSS_SELECTOR, "#latest-incidents tr.incident")
+    assert len(incidents) == len(summary.incidents) > 0
+    members = browser.find_elements(By.CSS_SELECTOR, "#latest-incidents ul.members li")
+    assert len(members) == sum(i["violations"] for i in summary.incidents.values())
+    text = browser.find_element(By.ID, "latest-incidents").text
+    assert all(i["source"] in text for i in summary.incidents.values())
     blocked = browser.find_elements(By.CSS_SELECTOR, "#would-block tr")
     assert len(blocked) > 1  # the attacks' new edges, blocked by the proposed rules
 

@@ -35,6 +35,7 @@ _SEVERITY_COLOUR = {"critical": "#9d0208", "high": "#e85d04", "medium": "#faa307
                     "low": "#90be6d"}
 _PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 MAP_EDGES = 600  # the app map draws at most this many app pairs (busiest first)
+INCIDENTS_LISTED = 50  # latest incidents listed with their member violations
 
 
 def clean(text: Any) -> str:
@@ -153,21 +154,22 @@ def app_map_figure(rows: list[dict[str, Any]]) -> go.Figure:
     return fig
 
 
-def violations_figure(rows: list[dict[str, Any]], by: str) -> go.Figure:
-    """Violations per day, stacked by ``type`` or ``severity``."""
+def violations_figure(rows: list[dict[str, Any]], by: str, value: str = "violations"
+                      ) -> go.Figure:
+    """Violations (or incidents: ``value``) per day, stacked by ``type`` or ``severity``."""
     days = sorted({r["day"] for r in rows})
     keys = sorted({r[by] for r in rows},
                   key=lambda k: _SEVERITY_ORDER.index(k) if k in _SEVERITY_ORDER else 9)
     counts: dict[tuple[Any, str], int] = defaultdict(int)
     for r in rows:
-        counts[(r["day"], r[by])] += int(r["violations"])
+        counts[(r["day"], r[by])] += int(r[value])
     fig = go.Figure()
     for i, k in enumerate(keys):
         colour = _SEVERITY_COLOUR.get(k) if by == "severity" else _PALETTE[i % len(_PALETTE)]
         fig.add_trace(go.Bar(x=[str(d) for d in days], y=[counts[(d, k)] for d in days],
                              name=clean(k), marker_color=colour))
     fig.update_layout(barmode="stack", height=320, margin={"l": 40, "r": 10, "t": 30, "b": 40},
-                      yaxis={"title": {"text": "violations"}}, legend={"title": {"text": by}})
+                      yaxis={"title": {"text": value}}, legend={"title": {"text": by}})
     return fig
 
 
@@ -228,6 +230,12 @@ def build_report(store: Any, flt: QueryFilter, *, title: str = "segflow report",
     counts = _try(store, "violation-counts", big, notes)
     latest = _try(store, "violations", QueryFilter(start=flt.start, end=flt.end, app=flt.app,
                                                     limit=100), notes)
+    incident_counts = _try(store, "incident-counts", big, notes)
+    recent = QueryFilter(start=flt.start, end=flt.end, app=flt.app, limit=INCIDENTS_LISTED)
+    incidents = _try(store, "incidents", recent, notes)
+    members: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for m in _try(store, "incident-violations", recent, notes) if incidents else []:
+        members[m["incident_id"]].append(m)
     audit = _try(store, "audit-progress", big, notes)
     coverage = _try(store, "rule-coverage", big, notes)
     blocked = _try(store, "would-block", QueryFilter(start=flt.start, end=flt.end, app=flt.app,
@@ -238,6 +246,9 @@ def build_report(store: Any, flt: QueryFilter, *, title: str = "segflow report",
     if counts:
         charts["by_type"] = _div(violations_figure(counts, "type"), "by-type")
         charts["by_severity"] = _div(violations_figure(counts, "severity"), "by-severity")
+    if incident_counts:
+        charts["incidents"] = _div(violations_figure(incident_counts, "severity", "incidents"),
+                                   "incidents")
     if audit:
         charts["audit"] = _div(audit_figure(audit), "audit")
     if coverage:
@@ -247,6 +258,7 @@ def build_report(store: Any, flt: QueryFilter, *, title: str = "segflow report",
         "edges": len(edges), "apps": len(apps),
         "flows": sum(int(r["flows"]) for r in edges),
         "violations": sum(int(r["violations"]) for r in counts),
+        "incidents": sum(int(r["incidents"]) for r in incident_counts),
     }
     env = Environment(autoescape=select_autoescape(default=True, default_for_string=True))
     env.filters["clean"] = clean
@@ -255,7 +267,8 @@ def build_report(store: Any, flt: QueryFilter, *, title: str = "segflow report",
     return template.render(
         title=title, generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         store=str(getattr(store, "url", "")), flt=flt, totals=totals, charts=charts,
-        latest=latest, coverage=coverage, blocked=blocked, inputs=inputs, notes=notes,
+        latest=latest, incidents=incidents, members=members, coverage=coverage,
+        blocked=blocked, inputs=inputs, notes=notes,
         map_limit=MAP_EDGES, plotly_js=get_plotlyjs(),
     )
 

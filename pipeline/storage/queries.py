@@ -50,6 +50,12 @@ class View:
 # ``app`` matches the app name; ``ns`` (when given) must match that end's namespace too.
 _END = "({end}_app = {{app:String}} AND ({{ns:String}} = '' OR {end}_namespace = {{ns:String}}))"
 _APP = f"({{any_app:UInt8}} OR {_END.format(end='src')} OR {_END.format(end='dst')})"
+# incidents: the app is the source's, or one of the destinations' ('ns/app' text)
+_INCIDENT_APP = (
+    "({any_app:UInt8} OR (src_app = {app:String} AND ({ns:String} = '' "
+    "OR src_namespace = {ns:String})) OR arrayExists(d -> splitByChar('/', d)[-1] = "
+    "{app:String} AND ({ns:String} = '' OR d = concat({ns:String}, '/', {app:String})), "
+    "dst_workloads))")
 _RANGE = ("{col} >= toDateTime64({from:Float64}, 3, 'UTC') "
           "AND {col} < toDateTime64({to:Float64}, 3, 'UTC')")
 
@@ -86,6 +92,37 @@ WHERE {_range("ts")} AND {_APP}
 GROUP BY day, type, severity
 ORDER BY day, type, severity
 LIMIT {{limit:UInt32}}"""),
+        View("incidents", "incidents",
+             "latest incidents (violations of one source grouped), newest first", f"""
+SELECT first_seen, severity, score, source, src_ip, violations, flows, types, dst_workloads,
+       critical_assets, criticality, detected_at, last_seen, reason, violation_ids, ts, id
+FROM incidents FINAL
+WHERE {_range("ts")} AND {_INCIDENT_APP}
+ORDER BY first_seen DESC, id
+LIMIT {{limit:UInt32}}"""),
+        View("incident-counts", "incidents", "incidents per day and severity", f"""
+SELECT toDate(first_seen) AS day, severity, count() AS incidents,
+       sum(violations) AS violations
+FROM incidents FINAL
+WHERE {_range("ts")} AND {_INCIDENT_APP}
+GROUP BY day, severity
+ORDER BY day, severity
+LIMIT {{limit:UInt32}}"""),
+        View("incident-violations", "incidents",
+             "the member violations of the latest incidents (limit: incidents)", f"""
+WITH latest AS (
+    SELECT id, first_seen, violation_ids FROM incidents FINAL
+    WHERE {_range("ts")} AND {_INCIDENT_APP}
+    ORDER BY first_seen DESC, id
+    LIMIT {{limit:UInt32}}
+)
+SELECT m.id AS incident_id, v.ts AS ts, v.type AS type, v.severity AS severity,
+       v.score AS score, v.src_ip AS src_ip, v.dst_namespace AS dst_namespace,
+       v.dst_app AS dst_app, v.dst_ip AS dst_ip, v.dst_port AS dst_port, v.proto AS proto,
+       v.count AS count, v.reason AS reason, v.id AS id
+FROM (SELECT id, first_seen, arrayJoin(violation_ids) AS vid FROM latest) AS m
+INNER JOIN (SELECT * FROM violations FINAL) AS v ON v.id = m.vid
+ORDER BY m.first_seen DESC, m.id, v.ts, v.id"""),
         View("rules", "candidate_rules", "candidate allow rules per protected app", """
 SELECT app, direction, peer, proto, ports, flows, bytes, days_observed, confidence, status,
        first_seen, last_seen, id
