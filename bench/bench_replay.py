@@ -1,9 +1,11 @@
 """Replay throughput: the full core path into chdb vs the floor (orjson decode only).
 
-Both are measured in the same run on the same generated file, on one core for the Arrow
-JSON reader (``use_threads`` off) and with threads on, and printed as ratios. Not a test.
+Both are measured in the same run on the same generated file, with Arrow's thread pools at
+one thread and at two, and printed as ratios: each round measures the floor, then every path
+(``--rounds``, default 3), and each path's ratio to its round's floor is printed as median and
+spread [min–max], with the machine's load before and after. Not a test.
 
-    .venv/bin/python bench/bench_replay.py [--flows-per-day N] [--days N]
+    .venv/bin/python bench/bench_replay.py [--flows-per-day N] [--days N] [--rounds N]
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -22,6 +25,7 @@ import pyarrow as pa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.stats import load, spread  # noqa: E402
 from pipeline.commands.replay import replay  # noqa: E402
 from pipeline.core.inventory import load_inventory  # noqa: E402
 from pipeline.core.settings import CoreSettings  # noqa: E402
@@ -45,6 +49,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--flows-per-day", type=int, default=30_000)
     ap.add_argument("--days", type=int, default=35)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="segflow-bench-"))
     try:
@@ -54,28 +59,38 @@ def main() -> None:
         flows = work / "data" / "flows.jsonl.gz"
         plain = work / "data" / "flows.jsonl"
         plain.write_bytes(gzip.decompress(flows.read_bytes()))
-        n, t_floor = floor(flows)
-        rows = []
-        for threads in (False, True):
-            pa.set_cpu_count(1 if not threads else 2)
-            pa.set_io_thread_count(1 if not threads else 2)
-            for label, store_url in (("core only", None),
-                                     ("core + chdb", f"chdb://{work}/store")):  # one path
+        print(f"before: {load()}")
+        paths = [(label, threads, store) for threads in (False, True)
+                 for label, store in (("core only", False), ("core + chdb", True))]
+        rates: dict[str, list[float]] = {"floor": []}
+        ratios: dict[str, list[float]] = {}
+        n = 0
+        for r in range(args.rounds):
+            n, t_floor = floor(flows)
+            floor_rate = n / t_floor
+            rates["floor"].append(floor_rate)
+            for label, threads, with_store in paths:
+                pa.set_cpu_count(2 if threads else 1)
+                pa.set_io_thread_count(2 if threads else 1)
                 inv = load_inventory(work / "data" / "inventory.jsonl")
-                store = open_store(store_url, migrate=True) if store_url else None
+                store = (open_store(f"chdb://{work}/store{r}", migrate=True) if with_store
+                         else None)
                 t0 = time.perf_counter()
                 s = replay([plain], inv, CoreSettings(audit_days=cfg.audit_days), store=store)
                 dt = time.perf_counter() - t0
                 if store is not None:
                     store.close()
-                rows.append((f"{label}, {'2 threads' if threads else '1 thread'}", s.records, dt))
-        print(f"flows: {n:,} (uncompressed input; {plain.stat().st_size / n:.0f} B/record)")
-        print(f"{'path':<28} {'flows/s':>12} {'vs floor':>9}")
-        floor_rate = n / t_floor
-        print(f"{'floor: orjson.loads/line':<28} {floor_rate:>12,.0f} {1.0:>9.2f}")
-        for label, recs, dt in rows:
-            rate = recs / dt
-            print(f"{label:<28} {rate:>12,.0f} {rate / floor_rate:>9.2f}")
+                name = f"{label}, {'2 threads' if threads else '1 thread'}"
+                rates.setdefault(name, []).append(s.records / dt)
+                ratios.setdefault(name, []).append(s.records / dt / floor_rate)
+        print(f"after: {load()}")
+        print(f"flows: {n:,} (uncompressed input; {plain.stat().st_size / n:.0f} B/record); "
+              f"{args.rounds} rounds, each the floor then every path")
+        print(f"{'path':<28} {'flows/s (median)':>17} {'vs floor: median [min–max]':>28}")
+        print(f"{'floor: orjson.loads/line':<28} {statistics.median(rates['floor']):>17,.0f} "
+              f"{'1.00':>28}")
+        for name, values in ratios.items():
+            print(f"{name:<28} {statistics.median(rates[name]):>17,.0f} {spread(values):>28}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

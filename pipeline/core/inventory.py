@@ -257,10 +257,24 @@ class Inventory:
         width = len(starts)
         seg_keys = seg_rank * width + np.searchsorted(starts, seg_start)
         rows = np.flatnonzero(rank[index] >= 0)
-        codes = np.searchsorted(starts, times[rows], side="right") - 1
-        keys = rank[index[rows]] * width + np.maximum(codes, 0)
-        pos = np.searchsorted(seg_keys, keys, side="right") - 1
-        out[rows] = seg_wids[pos]
+        if len(rows):
+            row_rank = rank[index[rows]]
+            t = times[rows]
+            # a timeline whose segment is the same at the batch's earliest and latest time (the
+            # usual case: a batch spans hours, owners change over days) holds for all its rows
+            # at once; only rows of the others are searched one by one
+            ends = np.maximum(np.searchsorted(starts, [t.min(), t.max()], side="right") - 1, 0)
+            ranks = np.arange(len(multi), dtype=np.int64) * width
+            first = np.searchsorted(seg_keys, ranks + ends[0], side="right") - 1
+            last = np.searchsorted(seg_keys, ranks + ends[1], side="right") - 1
+            steady = (first == last)[row_rank]
+            out[rows[steady]] = seg_wids[first[row_rank[steady]]]
+            if not steady.all():
+                moving = ~steady
+                codes = np.searchsorted(starts, t[moving], side="right") - 1
+                keys = row_rank[moving] * width + np.maximum(codes, 0)
+                pos = np.searchsorted(seg_keys, keys, side="right") - 1
+                out[rows[moving]] = seg_wids[pos]
         gaps = np.flatnonzero(out == UNRESOLVED)
         if len(gaps):
             uniq, inv = np.unique(index[gaps], return_inverse=True)

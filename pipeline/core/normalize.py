@@ -221,8 +221,10 @@ def _ips(arr: pa.Array) -> tuple[pa.Array, np.ndarray]:
             c = canonical_ip(s)
             _ip_cache[s] = c
         out.append(c)
-    canon = pa.array(out, pa.string())
-    mapped = canon.take(enc.indices)
+    if arr.type == pa.string() and out == uniq:
+        mapped = arr  # every address already canonical (the usual case): no copy
+    else:
+        mapped = pa.array(out, pa.string()).take(enc.indices)
     ok = ~np.asarray(pc.is_null(mapped))
     return mapped, ok
 

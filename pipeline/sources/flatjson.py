@@ -78,6 +78,13 @@ def decode(block: bytes, schema: FlatSchema) -> FlatRows | None:
                     np.frombuffer(bad, np.int32), records)
 
 
+def count_lines(block: bytes) -> int:
+    """Number of b"\\n" in ``block``: one memchr pass in C (``bytes.count`` without it, or
+    with a decoder built before this function existed)."""
+    fast = getattr(_ext, "count_lines", None)
+    return int(fast(block)) if fast is not None else block.count(b"\n")
+
+
 def join_lines(values: tuple[bytes, ...], max_bytes: int) -> tuple[bytes, np.ndarray] | None:
     """Kafka message values joined with newlines into one block, and the message index of
     every line; None when some value is empty, over ``max_bytes`` or holds an empty line.
@@ -90,4 +97,4 @@ def join_lines(values: tuple[bytes, ...], max_bytes: int) -> tuple[bytes, np.nda
     return block, np.frombuffer(message_of_line, np.int32)
 
 
-__all__ = ["FlatRows", "FlatSchema", "available", "decode", "join_lines"]
+__all__ = ["FlatRows", "FlatSchema", "available", "count_lines", "decode", "join_lines"]

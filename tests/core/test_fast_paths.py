@@ -6,8 +6,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
+from pipeline.core.addresses import encode_ips
 from pipeline.core.baseline import DAY, HOUR, edge_keys, whole_units
 from pipeline.core.enrich import enrich
 from pipeline.core.pipeline import Pipeline
@@ -104,3 +106,40 @@ def test_line_longer_than_four_blocks_is_refused(tmp_path: Path,
     path.write_bytes(b"ok\n" + b"y" * 100 + b"\n")
     with pytest.raises(InputError, match="longer than 64 bytes"):
         list(base.iter_line_blocks(path))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_assign_in_time_slices_equals_one_batch(seed: int) -> None:
+    """Rows of an address whose owner does not change within the batch are assigned at once;
+    the result equals assigning the rows one by one and all in one batch."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(40):
+        ip = f"10.0.0.{int(rng.integers(1, 12))}"
+        vf = T0 + float(rng.integers(0, 20)) * HOUR + float(rng.choice([0.0, 0.25, 17.5]))
+        rec = {"ip": ip, "app": f"a{i}", "namespace": "n", "valid_from": vf}
+        if rng.random() < 0.6:
+            rec["valid_to"] = vf + float(rng.integers(1, 8)) * HOUR
+        records.append(rec)
+    records.append({"cidr": "10.0.0.0/28", "app": "net", "namespace": "n"})
+    inv = make_inventory(records)
+    n = 2000
+    ips = [f"10.0.0.{int(rng.integers(1, 20))}" for _ in range(n)]
+    times = np.sort(T0 + rng.uniform(-HOUR, 24 * HOUR, n))
+    idx, addrs = encode_ips(pa.array(ips))
+    whole = inv.assign(idx, addrs, times)
+    one_by_one = [int(inv.assign(idx[i:i + 1], addrs, times[i:i + 1])[0]) for i in range(n)]
+    assert whole.tolist() == one_by_one
+    for size in (7, 100, 333):  # batches spanning minutes to hours
+        sliced = np.concatenate([inv.assign(idx[i:i + size], addrs, times[i:i + size])
+                                 for i in range(0, n, size)])
+        assert sliced.tolist() == one_by_one
+
+
+def test_count_lines_without_the_compiled_function(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.sources import flatjson
+
+    blocks = [b"", b"\n", b"a\nb", b"a\n\nb\n", b"x" * 1000 + b"\n" * 3]
+    fast = [flatjson.count_lines(b) for b in blocks]
+    monkeypatch.setattr(flatjson, "_ext", None)  # a build without the decoder
+    assert [flatjson.count_lines(b) for b in blocks] == fast == [b.count(b"\n") for b in blocks]
