@@ -108,7 +108,8 @@ def test_differences_name_what_a_migration_cannot_fix() -> None:
         "violations.legacy: stored but not declared in pipeline/core/records.py",
         "violations: column order ['id', 'ts', 'severity', 'type', 'score', 'src_ip', 'dst_ip', "
         "'dst_port', 'proto', 'src_namespace', 'src_app', 'dst_namespace', 'dst_app', 'mode', "
-        "'reason', 'evidence', 'count', 'first_seen', 'last_seen', 'detector', 'version'] "
+        "'reason', 'evidence', 'count', 'first_seen', 'last_seen', 'detector', 'version', "
+        "'detected_at'] "
         "differs from the declared order",
         "violations: ORDER BY is 'id', declared 'type, id'",
     ]
@@ -152,7 +153,7 @@ def test_next_migration_brings_a_store_in_line_with_new_declarations(scratch: St
                              "create_findings.sql")
     assert plan.statements[:2] == (
         "ALTER TABLE violations ADD COLUMN IF NOT EXISTS tenant LowCardinality(String) AFTER ts",
-        "ALTER TABLE violations ADD COLUMN IF NOT EXISTS model_score Float32 AFTER version")
+        "ALTER TABLE violations ADD COLUMN IF NOT EXISTS model_score Float32 AFTER detected_at")
     assert plan.statements[2].startswith("-- Test table") and plan.problems == ()
     # the printed file goes through the real migration path (split, checksum, record)
     mig = Migration(plan.version, plan.name, Path(plan.filename), plan.sql())

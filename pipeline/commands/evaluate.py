@@ -40,6 +40,7 @@ from pipeline.commands.scoring import (
     score,
 )
 from pipeline.core.enrich import Orienter, enrich
+from pipeline.core.events import latest_by_id
 from pipeline.core.inventory import Inventory, entry_from_record
 from pipeline.core.normalize import parse_time_text
 from pipeline.core.pipeline import CoreSettings, Pipeline
@@ -86,7 +87,7 @@ def _matches(v: dict[str, Any], ep: dict[str, Any], slack: float, any_type: bool
 def evaluate(
     violations: Iterable[dict[str, Any]], truth: Iterable[dict[str, Any]], *, slack: float = 3600
 ) -> Evaluation:
-    vs = list(violations)
+    vs = list(latest_by_id(violations).values())  # one per violation, not per version
     res = Evaluation()
     explained: set[str] = set()
     for ep in truth:

@@ -63,7 +63,8 @@ class ReplaySummary:
     enforce_flows: int = 0
     edges: int = 0
     workloads: int = 0
-    violations: list[dict[str, Any]] = field(default_factory=list)
+    violations: list[dict[str, Any]] = field(default_factory=list)  # final version per id
+    violation_versions: int = 0  # violation events emitted (first emissions and updates)
     rules: list[dict[str, Any]] = field(default_factory=list)
     incidents: dict[str, dict[str, Any]] = field(default_factory=dict)  # latest per id
     edge_minute_rows: int = 0
@@ -247,8 +248,14 @@ def replay(
     inc_out = outputs.jsonl(incidents_path) if incidents_path else None
     dead = outputs.dead_letter(dead_letter_path) if dead_letter_path else None
 
+    latest: dict[str, dict[str, Any]] = {}  # violation id → its highest version so far
+
     def take(out: BatchOutput) -> None:
-        summary.violations.extend(out.violations)
+        summary.violation_versions += len(out.violations)
+        for v in out.violations:
+            old = latest.get(v["id"])
+            if old is None or v["version"] >= old["version"]:
+                latest[v["id"]] = v
         summary.rules.extend(out.rules)
         for inc in out.incidents:
             old = summary.incidents.get(inc["id"])
@@ -259,8 +266,6 @@ def replay(
             summary.unidentified_flows += _unidentified(out.edge_minutes)
         if writer is not None:
             writer.add(out.edge_minutes, out.violations, out.rules, incidents=out.incidents)
-        if vio_out and out.violations:
-            vio_out.write([as_output(v) for v in out.violations])
         if rule_out and out.rules:
             rule_out.write(out.rules)
         if inc_out and out.incidents:
@@ -301,9 +306,11 @@ def replay(
                 take(out)
                 newest = (pc.max(result.flows.column("start")).as_py()
                           if result.flows.num_rows else None)
-                bar.update(flows=summary.flows, violations=len(summary.violations),
-                           event_time=newest)
+                bar.update(flows=summary.flows, violations=len(latest), event_time=newest)
         take(core.flush())
+        summary.violations = list(latest.values())
+        if vio_out and summary.violations:  # one line per violation: its final version
+            vio_out.write([as_output(v) for v in summary.violations])
         if writer is not None:
             writer.close()  # all rows stored (or the first write error raised) before summary
             writer = None

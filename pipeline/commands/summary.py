@@ -74,7 +74,9 @@ def print_replay_summary(
     by_sev = Counter(v["severity"]["label"] for v in s.violations)
     _say(_line("violations", f"{len(s.violations):,}"
                 + (" — " + ", ".join(f"{t} {n}" for t, n in sorted(by_type.items()))
-                   if by_type else "")))
+                   if by_type else "")
+                + (f" ({s.violation_versions:,} events: first flows and updates)"
+                   if s.violation_versions > len(s.violations) else "")))
     if by_sev:
         _say(_line("by severity", ", ".join(f"{k} {by_sev[k]}" for k in
                                              ("critical", "high", "medium", "low") if by_sev[k])))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -37,6 +38,21 @@ def stable_id(prefix: str, *parts: object) -> str:
     """``prefix-<20 hex>`` from the parts' text; same parts → same id in every process."""
     text = "|".join(str(p) for p in parts)
     return f"{prefix}-{hashlib.blake2b(text.encode(), digest_size=10).hexdigest()}"
+
+
+def latest_by_id(events: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Deduplicate events: per id, the one with the highest version (later wins ties), in
+    the order ids were first seen — what a consumer of the violation topic keeps.
+
+    >>> latest_by_id([{"id": "v-1", "version": 2}, {"id": "v-1", "version": 1}])
+    {'v-1': {'id': 'v-1', 'version': 2}}
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for e in events:
+        old = out.get(e["id"])
+        if old is None or e["version"] >= old["version"]:
+            out[e["id"]] = e
+    return out
 
 
 def proto_name(proto: int) -> str:
@@ -109,9 +125,17 @@ class KnownTraffic:
 
 
 def violation_event(a: Agg, workloads: Workloads, known: KnownTraffic, *,
-                    scan_threshold: int, suppress_window: float) -> dict[str, Any]:
-    """The violation event for one closed window ``a`` (wids resolved through
-    ``workloads``); ``scan_threshold`` and ``suppress_window`` are quoted in the evidence."""
+                    scan_threshold: int, suppress_window: float,
+                    detection_lateness: float = 0.0) -> dict[str, Any]:
+    """The violation event for one emission of window ``a`` (wids resolved through
+    ``workloads``); ``scan_threshold`` and ``suppress_window`` are quoted in the evidence.
+
+    ``ts`` is the window's first flow and ``detected_at`` that plus ``detection_lateness``:
+    the event-time watermark at which a time-ordered stream first emits it (the same in
+    replay and in the workers, whatever the batches). ``version`` is the count: it grows
+    with every flow, so the highest version of an id is its complete record. The id names
+    the window (type, workloads, port, proto, window start), never the flow times, so it
+    stays when a late flow moves ``ts``; a scan's id names only its client and window."""
     infos = workloads.infos
     ci = infos[a.client]
     si = infos[a.server] if a.server >= 0 else None
@@ -127,11 +151,12 @@ def violation_event(a: Agg, workloads: Workloads, known: KnownTraffic, *,
     evidence, reason, score = _explain(a, ci.key, dst_key, workloads, known,
                                        scan_threshold=scan_threshold,
                                        suppress_window=suppress_window)
-    vid = stable_id("v", a.type, ci.key, dst_key, a.port, a.proto, int(a.window))
+    vid = (stable_id("v", a.type, ci.key, "*", 0, 0, int(a.window)) if a.type == SCAN
+           else stable_id("v", a.type, ci.key, dst_key, a.port, a.proto, int(a.window)))
     return {
         "schema_version": 1,
         "id": vid,
-        "ts": iso(a.window),
+        "ts": iso(a.first),
         "type": a.type,
         "severity": {"label": severity_label(score), "score": score},
         "src_ip": a.client_ips[0] if a.client_ips else "",
@@ -152,7 +177,8 @@ def violation_event(a: Agg, workloads: Workloads, known: KnownTraffic, *,
         "first_seen": iso(a.first),
         "last_seen": iso(a.last),
         "detector": "edge_baseline",
-        "version": int(a.last * 1000) * 1000 + min(a.count, 999),
+        "version": a.count,
+        "detected_at": iso(a.first + detection_lateness),
     }
 
 
@@ -266,6 +292,7 @@ __all__ = [
     "hours_of",
     "human_bytes",
     "iso",
+    "latest_by_id",
     "peer_dict",
     "peer_text",
     "proto_name",

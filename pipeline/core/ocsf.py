@@ -10,7 +10,8 @@ Mapping (OCSF 1.5.0, class ``detection_finding`` 2004, category Findings 2):
   ``title``/``desc`` = one-line title and the reason, ``analytic`` = the detector.
 - ``activity_id`` 1 (Create) for a finding's first emission (one flow so far), 2 (Update) for
   the re-emissions that grow ``count``/``last_seen``; SIEMs keep the latest per uid.
-- ``time`` = the first flow (ms), ``start_time``/``end_time`` = first/last seen, ``count``.
+- ``time`` = the first flow (ms), ``start_time``/``end_time`` = first/last seen, ``count``;
+  ``finding_info.created_time`` = ``detected_at`` (when segflow first emitted it).
 - ``severity_id`` from the label, ``risk_score`` = the 0–100 score.
 - ``evidences``: one Network Activity artefact (``src_endpoint``, ``dst_endpoint`` with
   workload names, ``connection_info`` with the protocol); ``resources``: the destination
@@ -86,6 +87,7 @@ def to_ocsf(event: dict[str, Any], *, product_version: str = "") -> dict[str, An
             "title": title,
             "desc": event["reason"],
             "types": [event["type"]],
+            "created_time": _ms(event.get("detected_at") or event["ts"]),
             "first_seen_time": first,
             "last_seen_time": last,
             "data_sources": ["network flow records"],

@@ -79,7 +79,8 @@ def _incidents_params(s: CoreSettings) -> dict[str, Any]:
 
 def _windows_params(s: CoreSettings) -> dict[str, Any]:
     return {"window": s.suppress_window, "lateness": s.lateness,
-            "scan_threshold": s.scan_threshold, "max_open": s.max_open_violations}
+            "scan_threshold": s.scan_threshold, "max_open": s.max_open_violations,
+            "detect_lateness": s.detection_lateness}
 
 
 class Pipeline:
@@ -442,7 +443,8 @@ class Pipeline:
     def _events(self, aggs: Iterable[Agg]) -> list[dict[str, Any]]:
         st = self.settings
         return [violation_event(a, self.workloads, self._known, scan_threshold=st.scan_threshold,
-                                suppress_window=st.suppress_window) for a in aggs]
+                                suppress_window=st.suppress_window,
+                                detection_lateness=st.detection_lateness) for a in aggs]
 
 
 __all__ = ["SERVICE_CLIENTS_MAX", "BatchOutput", "Pipeline"]

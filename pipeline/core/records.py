@@ -241,10 +241,12 @@ VIOLATION = Record(
     table="violations",
     event="violation",
     title="segflow violation event",
-    description="Traffic that left the learned map. Re-emitted with a higher version as count "
-                "and last_seen grow; ts of an id never changes.",
-    doc="Violation events. An id keeps its ts forever, so re-emitting an id with a higher "
-        "version (count, last_seen grown) replaces it. Read with FINAL.",
+    description="Traffic that left the learned map, emitted on its first flow (ts) and "
+                "re-emitted with a higher version as count and last_seen grow; the highest "
+                "version of an id is its complete record.",
+    doc="Violation events, emitted on the first flow (ts) and re-emitted with a higher version "
+        "(count, last_seen grown) that replaces the row; ts moves only within the id's "
+        "suppression window (so within one partition). Read with FINAL.",
     fields=(
         Field("schema_version", {"const": 1}),
         Column("id", pa.string(), "String", json=_str(1)),
@@ -279,6 +281,8 @@ VIOLATION = Record(
         Column("last_seen", TS_MS, DATETIME_MS, default="", fallback=From("ts")),
         Column("detector", pa.string(), LABEL, default="", json=_str(1)),
         Column("version", pa.uint64(), "UInt64", default=0),
+        Column("detected_at", TS_MS, DATETIME_MS, default="", fallback=From("ts"), required=False,
+               doc="event-time watermark of the first emission: ts + detection lateness"),
     ),
     partition_by="toYYYYMM(ts)",
     order_by=("type", "id"),

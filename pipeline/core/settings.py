@@ -192,6 +192,10 @@ class CoreSettings:
     lateness: float = setting(
         300.0, "how far behind the newest flow (s) a violation window may still change",
         low=0, metavar="SECONDS")
+    detection_lateness: float = setting(
+        30.0, "a violation is emitted once event time is this many seconds past its first "
+        "flow (flows this much out of order still give the same events)", low=0, high=60,
+        metavar="SECONDS")
     scan_threshold: int = setting(
         20, "distinct new targets from one workload within a window that make a scan",
         low=1, metavar="N")

@@ -80,7 +80,7 @@ ORDER BY flows DESC, src_namespace, src_app, dst_namespace, dst_app, service_por
 LIMIT {{limit:UInt32}}"""),
         View("violations", "violations", "latest violations, newest first", f"""
 SELECT ts, type, severity, score, src_namespace, src_app, src_ip, dst_namespace, dst_app,
-       dst_ip, dst_port, proto, count, last_seen, reason, id
+       dst_ip, dst_port, proto, count, last_seen, detected_at, reason, id
 FROM violations FINAL
 WHERE {_range("ts")} AND {_APP}
 ORDER BY ts DESC, id

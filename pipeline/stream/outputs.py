@@ -11,29 +11,15 @@ Consumers therefore keep, per ``id``, the event with the highest ``version``
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
 
 from pipeline.config import TopicSettings
+from pipeline.core.events import latest_by_id
 from pipeline.core.ocsf import violation_formatter
 from pipeline.stream.metrics import Metrics
-
-
-def latest_by_id(events: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Deduplicate events: per id, the one with the highest version (later wins ties).
-
-    >>> latest_by_id([{"id": "v-1", "version": 2}, {"id": "v-1", "version": 1}])
-    {'v-1': {'id': 'v-1', 'version': 2}}
-    """
-    out: dict[str, dict[str, Any]] = {}
-    for e in events:
-        old = out.get(e["id"])
-        if old is None or e["version"] >= old["version"]:
-            out[e["id"]] = e
-    return out
 
 
 class EventPublisher:

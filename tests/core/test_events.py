@@ -49,7 +49,7 @@ def window(type_: str, src: str, dst: str | None, port: int, **kw: Any) -> Agg:
 
 def event(a: Agg, known: KnownTraffic | None = None, reg: Workloads = REG) -> dict[str, Any]:
     return violation_event(a, reg, known or KnownTraffic(), scan_threshold=20,
-                           suppress_window=3600.0)
+                           suppress_window=3600.0, detection_lateness=30.0)
 
 
 def test_ids_hash_names_and_window_so_every_process_agrees() -> None:
@@ -68,12 +68,14 @@ def test_event_fields() -> None:
     e = event(window(NEW_EDGE, "shop/web", "shop/db", 5432, count=1500, bytes=42, rejected=1))
     assert {k: e[k] for k in ("ts", "first_seen", "last_seen", "src_ip", "dst_ip", "count",
                               "proto_name", "src_namespace", "dst_app", "mode", "detector")} == {
-        "ts": "2026-01-05T00:00:00.000Z", "first_seen": "2026-01-05T00:00:05.000Z",
+        "ts": "2026-01-05T00:00:05.000Z", "first_seen": "2026-01-05T00:00:05.000Z",
         "last_seen": "2026-01-05T00:01:05.500Z", "src_ip": "10.0.0.1", "dst_ip": "10.0.0.2",
         "count": 1500, "proto_name": "tcp", "src_namespace": "shop", "dst_app": "db",
         "mode": "enforce", "detector": "edge_baseline"}
-    # later (or bigger) windows of the same id supersede earlier ones
-    assert e["version"] == int((W0 + 65.5) * 1000) * 1000 + 999
+    # ts is the first flow; detected when event time is the detection lateness past it
+    assert e["detected_at"] == "2026-01-05T00:00:35.000Z"
+    # every flow raises the version: the highest version of an id is its complete record
+    assert e["version"] == 1500
     assert e["evidence"]["seen"] == {"flows": 1500, "bytes": 42, "rejected_flows": 1,
                                      "src_ips": ["10.0.0.1"], "dst_ips": ["10.0.0.2"]}
     bare = event(window(NEW_EDGE, "shop/web", "shop/db", 5432, client_ips=[], server_ips=[]))

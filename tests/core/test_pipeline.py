@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from pipeline.core.events import iso, latest_by_id
 from pipeline.core.pipeline import Pipeline
 from pipeline.core.settings import CoreSettings
 from pipeline.core.snapshot import dump_state, load_state
@@ -36,6 +37,8 @@ def audit_traffic(days: int = 4) -> list[dict]:
 
 
 def run(records, settings=None, batches=1):
+    """The core over time-sorted ``records`` cut into ``batches``: (core, the final version
+    of every violation, rules, edge minutes)."""
     records = sorted(records, key=lambda r: r["start"])
     core = Pipeline(settings or CoreSettings(audit_days=4), make_inventory(INV))
     out_v, out_r, minutes = [], [], []
@@ -46,7 +49,8 @@ def run(records, settings=None, batches=1):
         out_r += o.rules
         minutes.append(o.edge_minutes)
     f = core.flush()
-    return core, out_v + f.violations, out_r + f.rules, pa.concat_tables(minutes)
+    return (core, list(latest_by_id(out_v + f.violations).values()), out_r + f.rules,
+            pa.concat_tables(minutes))
 
 
 AFTER = T0 + 4 * DAY + 10 * 3600  # a weekday 10:00 after the audit
@@ -91,12 +95,37 @@ def test_off_hours_and_volume_spike():
 
 
 def test_scan_folds_many_new_targets_into_one_event():
-    scan = [flow(AFTER + i, "10.0.0.4", "10.0.0.2", 50000, 1000 + i, action="reject")
+    # 2 ports a second: the 20th target comes well within the detection lateness of the 1st
+    scan = [flow(AFTER + i / 2, "10.0.0.4", "10.0.0.2", 50000, 1000 + i, action="reject")
             for i in range(60)]
-    _, violations, _, _ = run(audit_traffic() + scan)
-    assert [v["type"] for v in violations] == ["scan"]
-    assert violations[0]["evidence"]["seen"]["distinct_targets"] == 60
-    assert violations[0]["count"] == 60
+    for batches in (1, 60):
+        _, violations, _, _ = run(audit_traffic() + scan, batches=batches)
+        assert [v["type"] for v in violations] == ["scan"]
+        assert violations[0]["evidence"]["seen"]["distinct_targets"] == 60
+        assert violations[0]["count"] == 60
+        assert violations[0]["ts"] == iso(AFTER)  # its first flow
+        assert violations[0]["detected_at"] == iso(AFTER + 30)
+
+
+def test_a_violation_is_emitted_once_event_time_passes_its_first_flow():
+    """ts = the first flow, detected_at = ts + detection lateness; later flows of the window
+    re-emit the same id with a higher version."""
+    core = Pipeline(CoreSettings(audit_days=4, detection_lateness=20), make_inventory(INV))
+    core.process(flows_table(audit_traffic()))
+    t = AFTER + 1234.5
+    hit = core.process(flows_table([flow(t, "10.0.0.4", "10.0.0.2", 50000, 5432)]))
+    assert hit.violations == []  # event time has not passed it yet
+    quiet = core.process(flows_table([flow(t + 20, "10.0.0.1", "10.0.0.2", 40000, 5432)]))
+    assert quiet.violations == []  # at it, not past it
+    [v] = core.process(flows_table([flow(t + 21, "10.0.0.1", "10.0.0.2", 40001, 5432)])
+                       ).violations
+    assert (v["type"], v["ts"], v["first_seen"], v["detected_at"], v["count"]) == (
+        "new_edge", iso(t), iso(t), iso(t + 20), 1)
+    [u] = core.process(flows_table([flow(t + 30, "10.0.0.4", "10.0.0.2", 50001, 5432)])
+                       ).violations  # twice the count: an update
+    assert (u["id"], u["ts"], u["detected_at"], u["count"], u["last_seen"]) == (
+        v["id"], v["ts"], v["detected_at"], 2, iso(t + 30))
+    assert u["version"] > v["version"]
 
 
 def test_results_do_not_depend_on_batch_boundaries():
@@ -110,12 +139,13 @@ def test_results_do_not_depend_on_batch_boundaries():
               for i in range(30) for ip in ("10.0.0.1", "10.0.0.3")]]
     _, v1, r1, m1 = run(recs, batches=1)
     _, v7, r7, m7 = run(recs, batches=7)
-    # the 12:00 window's new edge folds into the scan the same client runs in that window
-    assert sorted(v["type"] for v in v1) == ["new_edge"] * 2 + ["scan", "volume_spike"]
-    assert v1 == v7
+    _, v99, _, _ = run(recs, batches=99)
+    # the 12:00 window's new edge came long before the scan the same client runs then
+    assert sorted(v["type"] for v in v1) == ["new_edge"] * 3 + ["scan", "volume_spike"]
+    assert sorted(map(str, v1)) == sorted(map(str, v7)) == sorted(map(str, v99))
     assert sorted(r["id"] for r in r1) == sorted(r["id"] for r in r7)
     assert sum(m1.column("flows").to_pylist()) == sum(m7.column("flows").to_pylist())
-    assert len({v["id"] for v in v1}) == len(v1) == 4
+    assert len({v["id"] for v in v1}) == len(v1) == 5
     spike = next(v for v in v1 if v["type"] == "volume_spike")
     assert 0 < spike["count"] < 40  # only the flows from the crossing onwards
 
@@ -123,8 +153,8 @@ def test_results_do_not_depend_on_batch_boundaries():
 def test_late_flow_reopens_its_closed_window_with_a_cumulative_count():
     core = Pipeline(CoreSettings(audit_days=4), make_inventory(INV))
     core.process(flows_table(audit_traffic()))
-    first = core.process(flows_table([flow(AFTER, "10.0.0.4", "10.0.0.2", 50000, 5432)]))
-    assert first.violations == []  # the window is still open
+    first = core.process(flows_table([flow(AFTER + 120, "10.0.0.4", "10.0.0.2", 50000, 5432)]))
+    assert first.violations == []  # event time has not passed it yet
     closing = core.process(
         flows_table([flow(AFTER + 6 * 3600, "10.0.0.1", "10.0.0.2", 40000, 5432)]))
     late = core.process(flows_table([flow(AFTER + 60, "10.0.0.4", "10.0.0.2", 50001, 5432)]))
@@ -132,6 +162,7 @@ def test_late_flow_reopens_its_closed_window_with_a_cumulative_count():
     assert [v["count"] for v in emitted] == [1, 2]
     assert emitted[0]["id"] == emitted[1]["id"]
     assert emitted[1]["version"] > emitted[0]["version"]
+    assert emitted[1]["ts"] == iso(AFTER + 60)  # the late flow came first
 
 
 def test_port_scan_during_audit_is_bounded_per_workload():
@@ -182,11 +213,11 @@ def test_advance_ends_the_audit_on_event_time_and_drains_closed_windows():
     assert core.end_audit() == [] and core.advance(T0 + DAY + 1).rules == []
     t = T0 + DAY + 600
     intrusion = core.process(flows_table([flow(t, "10.0.0.4", "10.0.0.2", 50000, 5432)]))
-    assert intrusion.violations == [] and core.drain_events() == []  # window still open
-    window_end = T0 + DAY + 3600
-    assert core.advance(window_end + 299).violations == []
-    [v] = core.advance(window_end + 300).violations  # window end + lateness
+    assert intrusion.violations == [] and core.drain_events() == []  # not past it yet
+    assert core.advance(t + 30).violations == []
+    [v] = core.advance(t + 30.001).violations  # event time past the flow + detection lateness
     assert v["type"] == "new_edge" and core.counts["violations"] == 1
+    assert core.advance(T0 + DAY + 3600 + 300).violations == []  # closes: nothing new
     assert core.drain_events() == [] and core.flush().violations == []
 
 

@@ -482,7 +482,7 @@ def test_multi_partition_backlog_read_out_of_order_equals_replay(
         assert w.stop() == 0, w.text()[-3000:]
     assert "Traceback" not in w.text()
     # the learned baseline equals replay's: candidate rules (days, hours, volumes) and every
-    # event's verdict; which flows of a spike hour count as over its threshold (so its count,
+    # event's verdict; which flows of a spike hour count as over its threshold (so its count, ts,
     # first/last seen) follows arrival order
     # (docs/streaming.md, "What equals replay")
     rules = read_events(kafka_bootstrap, topics.name("rules"))
@@ -499,7 +499,8 @@ def test_multi_partition_backlog_read_out_of_order_equals_replay(
 def _spike_start_free(event: dict[str, Any]) -> dict[str, Any]:
     e = comparable(event)
     if e.get("type") == "volume_spike":
-        for k in ("count", "first_seen", "last_seen", "version", "severity", "reason"):
+        for k in ("count", "ts", "first_seen", "last_seen", "detected_at", "version", "severity",
+                  "reason"):
             e.pop(k, None)
         e["evidence"] = {k: v for k, v in e["evidence"].items() if k != "seen"}
     return e
