@@ -11,12 +11,14 @@ import pytest
 from pipeline.commands.cli import main
 from pipeline.commands.evaluate import (
     EstateSpec,
+    RunResult,
     capture_episodes,
     read_zeek_labels,
     run_capture,
     run_estate,
+    target_lines,
 )
-from pipeline.commands.scoring import Alert, Episode, incidents, matches, score
+from pipeline.commands.scoring import Alert, Episode, TypeScore, incidents, matches, score
 from pipeline.core.inventory import DEFAULT_INTERNAL_CIDRS, Inventory
 from pipeline.errors import InputError
 from pipeline.generate.config import ATTACK_KINDS
@@ -82,6 +84,27 @@ def test_a_generated_run_scores_segflow_and_two_naive_detectors(small_run):
     # identity-aware segflow raises far fewer incidents than an address allowlist
     assert segflow.incidents < pairs.incidents / 5
     assert segflow.overall.caught >= 1 and pairs.overall.caught >= 1
+
+
+def test_segflow_is_scored_by_the_cores_incidents(small_run):
+    segflow = small_run.scores[0]
+    # one core incident per source and hour: never more incidents than violations, and
+    # at least one incident groups several violations on this estate
+    assert 0 < segflow.incidents < segflow.alerts
+
+
+def test_targets_say_pass_or_fail_with_the_types_that_miss_them():
+    good = score("segflow", [], [], workloads=100, eval_days=1.0)
+    good.by_type = {"worm": TypeScore(2, 2, [30.0, 50.0]), "scan": TypeScore(1, 1, [10.0])}
+    bad = score("segflow", [], [], workloads=100, eval_days=1.0)
+    bad.by_type = {"beacon": TypeScore(4, 1, [4000.0])}
+    bad.incidents = 3  # none matched an episode: 3 false incidents per 100 workloads per day
+    lines = target_lines([RunResult("a", 1, [good]), RunResult("b", 1, [bad])])
+    text = "\n".join(lines)
+    assert "episode recall >= 95%: 57% FAIL (below: beacon 25%)" in text
+    assert "worst 3.00 FAIL" in text
+    assert "median time to detect <= 60 s: 40s PASS (slower: beacon 4000s)" in text
+    assert "PASS" in "\n".join(target_lines([RunResult("a", 1, [good])])).split("recall")[1]
 
 
 def test_zeek_labels_give_episodes_per_label_and_internal_host():

@@ -430,9 +430,49 @@ def format_results(results: list[RunResult]) -> str:
         f"{d} {statistics.mean(s.false_per_100_day for r in results for s in r.scores if s.detector == d):.2f}"  # noqa: E501
         f"/{max(s.false_per_100_day for r in results for s in r.scores if s.detector == d):.2f}"
         for d in detectors))
+    lines.extend(target_lines(results))
     return "\n".join(lines) + "\n"
+
+
+def target_lines(results: list[RunResult], detector: str = "segflow") -> list[str]:
+    """The issue's targets against ``detector``'s results over every run: overall episode
+    recall, the worst run's false incidents per 100 workloads per day, the median time to
+    detect over every caught episode; each PASS or FAIL, and the attack types below target."""
+    scores = [s for r in results for s in r.scores if s.detector == detector]
+    if not scores:
+        return []
+    overall = TypeScore()
+    by_type: dict[str, TypeScore] = defaultdict(TypeScore)
+    for s in scores:
+        for t, ts in s.by_type.items():
+            for agg in (overall, by_type[t]):
+                agg.episodes += ts.episodes
+                agg.caught += ts.caught
+                agg.ttd.extend(ts.ttd)
+    worst = max(s.false_per_100_day for s in scores)
+    recall, ttd = overall.recall or 0.0, overall.median_ttd
+
+    def verdict(ok: bool) -> str:
+        return "PASS" if ok else "FAIL"
+
+    low = [f"{t} {_pct(ts.recall)}" for t, ts in sorted(by_type.items())
+           if (ts.recall or 0.0) < TARGETS["recall"]]
+    slow = [f"{t} {_secs(ts.median_ttd)}" for t, ts in sorted(by_type.items())
+            if ts.median_ttd is not None and ts.median_ttd > TARGETS["median_ttd_s"]]
+    return [
+        "",
+        f"targets ({detector}, {len(scores)} runs):",
+        f"  episode recall >= {TARGETS['recall']:.0%}: {_pct(recall)} "
+        f"{verdict(recall >= TARGETS['recall'])}"
+        + (f" (below: {', '.join(low)})" if low else ""),
+        f"  false incidents per 100 workloads per day <= {TARGETS['false_per_100_day']:g} in "
+        f"every run: worst {worst:.2f} {verdict(worst <= TARGETS['false_per_100_day'])}",
+        f"  median time to detect <= {TARGETS['median_ttd_s']:.0f} s: {_secs(ttd)} "
+        f"{verdict(ttd is not None and ttd <= TARGETS['median_ttd_s'])}"
+        + (f" (slower: {', '.join(slow)})" if slow else ""),
+    ]
 
 
 __all__ = ["SIZES", "EstateSpec", "Evaluation", "RunResult", "capture_episodes", "evaluate",
            "format_results", "load_truth", "read_zeek_labels", "run_capture", "run_estate",
-           "run_eval"]
+           "run_eval", "target_lines"]
