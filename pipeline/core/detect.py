@@ -52,7 +52,12 @@ NEW_PORT = "new_port"
 SCAN = "scan"
 VOLUME = "volume_spike"
 OFF_HOURS = "off_hours"
-TYPES = (NEW_EDGE, NEW_PORT, SCAN, VOLUME, OFF_HOURS)
+# per-source-host behaviour (pipeline.core.hostdetect)
+FAN_OUT = "fan_out"
+FAILED = "failed_connections"
+HOST_VOLUME = "host_volume"
+BEACON = "beacon"
+TYPES = (NEW_EDGE, NEW_PORT, SCAN, VOLUME, OFF_HOURS, FAN_OUT, FAILED, HOST_VOLUME, BEACON)
 _TYPE_CODE = {t: i for i, t in enumerate(TYPES)}
 SAMPLE = 8  # addresses kept as evidence per event
 _TARGETS_MAX = 4096  # distinct targets ranked per client window (and servers per scan)
@@ -504,6 +509,10 @@ class ViolationWindows:
 
 __all__ = [
     "DETECT_LATENESS_MAX",
+    "BEACON",
+    "FAILED",
+    "FAN_OUT",
+    "HOST_VOLUME",
     "NEW_EDGE",
     "NEW_PORT",
     "OFF_HOURS",

@@ -34,6 +34,7 @@ import pyarrow.compute as pc
 
 from pipeline.core.addresses import BROADCAST, LOCAL_SCOPES, MULTICAST, encode_ips
 from pipeline.core.columns import ACTION_REJECT, NO_TCP_FLAGS
+from pipeline.core.hosts import host_keys
 from pipeline.core.inventory import Inventory
 from pipeline.core.workloads import WorkloadInfo, Workloads
 
@@ -86,6 +87,9 @@ class Enriched:
     local: np.ndarray  # bool: an end is broadcast/multicast/link-local/unspecified
     src_ip: pa.Array  # original columns, for evidence on the few flows that need it
     dst_ip: pa.Array
+    client_host: np.ndarray  # uint64 address key of each end (pipeline.core.hosts.host_keys)
+    server_host: np.ndarray
+    unanswered: np.ndarray  # bool: TCP with known flags, SYN but never an ACK
 
     def __len__(self) -> int:
         return len(self.start)
@@ -286,6 +290,8 @@ def enrich(table: pa.Table, inventory: Inventory, orienter: Orienter) -> Enriche
     src_port = _np(table.column("src_port")).astype(np.int32)
     dst_port = _np(table.column("dst_port")).astype(np.int32)
     flags = _np(table.column("tcp_flags")).astype(np.int16)
+    hk = host_keys(addrs)
+    src_host, dst_host = hk[src_idx], hk[dst_idx]
     group, local = _scope_masks(inventory.workloads, wids)
     swap = orienter.orient(src_port, dst_port, flags, src_idx, dst_idx, addrs,
                            group[:n], group[n:])
@@ -304,6 +310,9 @@ def enrich(table: pa.Table, inventory: Inventory, orienter: Orienter) -> Enriche
         local=local[:n] | local[n:],
         src_ip=src_ip,
         dst_ip=dst_ip,
+        client_host=np.where(swap, dst_host, src_host),
+        server_host=np.where(swap, src_host, dst_host),
+        unanswered=(flags != NO_TCP_FLAGS) & ((flags & TCP_SYN) != 0) & ((flags & TCP_ACK) == 0),
     )
 
 

@@ -14,7 +14,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pipeline.core.detect import NEW_EDGE, NEW_PORT, SCAN, VOLUME, Agg
+from pipeline.core.detect import (
+    BEACON,
+    FAILED,
+    FAN_OUT,
+    HOST_VOLUME,
+    NEW_EDGE,
+    NEW_PORT,
+    SCAN,
+    VOLUME,
+    Agg,
+)
 from pipeline.core.enrich import SERVICE_PORTS
 from pipeline.core.intents import CandidateRule, Peer, intent_dict
 from pipeline.core.workloads import WORLD, Workloads
@@ -145,6 +155,8 @@ def violation_event(a: Agg, workloads: Workloads, known: KnownTraffic, *,
         dst_ns = si.namespace if si else (infos[a.extra["servers"][0]].namespace
                                           if len(servers) == 1 else "")
         dst_app = infos[a.extra["servers"][0]].app if len(servers) == 1 else "multiple"
+    elif si is None:  # host-level findings (fan_out, failed_connections): many destinations
+        dst_key, dst_ns, dst_app = "multiple", "", "multiple"
     else:
         assert si is not None
         dst_key, dst_ns, dst_app = si.key, si.namespace, si.app
@@ -229,6 +241,8 @@ def _explain(a: Agg, src: str, dst: str, workloads: Workloads, known: KnownTraff
         score = int(min(95, 60 + 10 * math.log10(max(ratio, 1.0))))
         reason = (f"{src} sent {human_bytes(hb)} to {dst} on {port} within an hour, "
                   f"~{ratio:.0f}x its usual hourly volume.")
+    elif a.type in _HOST_TYPES:
+        expected, score, reason = _explain_host(a, src, dst, port, seen)
     else:  # OFF_HOURS
         hours = a.extra.get("usual_hours", [])
         seen["hour_utc"] = a.extra.get("hour")
@@ -236,10 +250,58 @@ def _explain(a: Agg, src: str, dst: str, workloads: Workloads, known: KnownTraff
         score = 55 + (10 if a.port in DATA_PORTS or a.port in ADMIN_PORTS else 0)
         reason = (f"{src} used its edge to {dst} on {port} at {a.extra.get('hour')}:00 UTC; "
                   f"during the audit it was only active at hours {hour_ranges(hours)} UTC.")
-    if blocked and a.type != SCAN:
+    if blocked and a.type not in (SCAN, FAN_OUT, FAILED):
         score -= 20
         reason += " All attempts were rejected."
     return {"expected": expected, "seen": seen}, reason, max(0, min(100, score))
+
+
+_HOST_TYPES = (FAN_OUT, FAILED, HOST_VOLUME, BEACON)
+
+
+def _explain_host(a: Agg, src: str, dst: str, port: str, seen: dict[str, Any]
+                  ) -> tuple[dict[str, Any], int, str]:
+    """(expected, score, reason) of a per-source-host finding (pipeline.core.hostdetect)."""
+    ex = a.extra
+    hosts = ", ".join(a.client_ips[:2]) or src
+    if a.type == FAN_OUT:
+        peers, thr = int(ex.get("peers", 0)), int(ex.get("threshold", 0))
+        seen["distinct_peers"] = peers
+        expected: dict[str, Any] = {"max_peers_per_window": thr}
+        score = min(90, 70 + 2 * max(peers - thr, 0))
+        score += 5 if a.port in ADMIN_PORTS else 0
+        reason = (f"host {hosts} ({src}) reached {peers} distinct addresses on {port} within "
+                  f"an hour; during the audit its hosts reached at most ~{thr} (worm or "
+                  "horizontal scan).")
+    elif a.type == FAILED:
+        fails, flows, thr = (int(ex.get("failures", 0)), int(ex.get("flows", 0)),
+                             int(ex.get("threshold", 0)))
+        seen["failed_flows"], seen["host_flows"] = fails, flows
+        expected = {"max_failed_per_window": thr}
+        score = min(80, 60 + fails // 10)
+        reason = (f"host {hosts} ({src}) had {fails} rejected or unanswered connections "
+                  f"out of {flows} within an hour; during the audit at most ~{thr} (scan or "
+                  "blocked spread).")
+    elif a.type == HOST_VOLUME:
+        hb = float(ex.get("host_bytes", a.bytes))
+        thr = float(ex.get("threshold_bytes", 0.0))
+        med = float(ex.get("median_host_bytes", 0.0))
+        ratio = hb / med if med > 0 else math.inf
+        seen["host_bytes"] = int(hb)
+        expected = {"threshold_bytes_per_host_hour": int(thr),
+                    "median_bytes_per_host_hour": int(med)}
+        score = int(min(95, 65 + 10 * math.log10(max(ratio, 1.0))))
+        reason = (f"host {hosts} ({src}) sent {human_bytes(hb)} to {dst} on {port} within an "
+                  f"hour, ~{ratio:.0f}x what one host of its fleet usually sends there.")
+    else:  # BEACON
+        period, jitter = float(ex.get("period_s", 0.0)), float(ex.get("jitter", 0.0))
+        seen["period_s"], seen["jitter"], seen["beats"] = period, jitter, ex.get("beats")
+        expected = {"periodic_during_audit": False}
+        score = 70
+        reason = (f"host {hosts} ({src}) connects to {dst} on {port} every {period:.0f} s "
+                  f"(±{jitter:.0%}), a regular beat this traffic never had during the audit "
+                  "(command-and-control beacon?).")
+    return expected, score, reason
 
 
 def hours_of(mask: int) -> list[int]:

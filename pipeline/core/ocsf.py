@@ -7,6 +7,7 @@ a pure mapping from it, so every output path (JSONL, Kafka) can carry either.
 Mapping (OCSF 1.5.0, class ``detection_finding`` 2004, category Findings 2):
 
 - ``finding_info.uid`` = the violation id (deterministic), ``types`` = [violation type],
+  ``attacks`` = the MITRE ATT&CK tactic/technique of the per-host behaviour types,
   ``title``/``desc`` = one-line title and the reason, ``analytic`` = the detector.
 - ``activity_id`` 1 (Create) for a finding's first emission (one flow so far), 2 (Update) for
   the re-emissions that grow ``count``/``last_seen``; SIEMs keep the latest per uid.
@@ -29,6 +30,14 @@ CATEGORY_UID = 2  # Findings
 _SEVERITY_ID = {"informational": 1, "low": 2, "medium": 3, "high": 4, "critical": 5}
 _ANALYTIC_TYPE_ID = {"behaviour_model": 4}  # Learning (ML/DL); every other detector: Rule (1)
 _PROTO_NAMES = {"tcp", "udp", "icmp", "icmpv6", "sctp", "gre", "esp"}
+# MITRE ATT&CK (tactic, technique) of the per-host behaviour findings
+_ATTACKS = {
+    "fan_out": (("TA0008", "Lateral Movement"), ("T1210", "Exploitation of Remote Services")),
+    "failed_connections": (("TA0007", "Discovery"), ("T1046", "Network Service Discovery")),
+    "host_volume": (("TA0010", "Exfiltration"),
+                    ("T1048", "Exfiltration Over Alternative Protocol")),
+    "beacon": (("TA0011", "Command and Control"), ("T1071", "Application Layer Protocol")),
+}
 
 
 def _ms(text: str) -> int:
@@ -63,6 +72,11 @@ def to_ocsf(event: dict[str, Any], *, product_version: str = "") -> dict[str, An
     detector = str(event.get("detector") or "segflow")
     title = (f"{event['type']}: {event['src_workload']} → {event['dst_workload']} "
              f"{proto_name}/{event['dst_port']}")
+    attacks: dict[str, Any] = {}
+    if (attack := _ATTACKS.get(str(event["type"]))) is not None:
+        (ta_uid, ta_name), (te_uid, te_name) = attack
+        attacks["attacks"] = [{"tactic": {"uid": ta_uid, "name": ta_name},
+                               "technique": {"uid": te_uid, "name": te_name}}]
     finding = {
         "activity_id": activity_id,
         "activity_name": "Create" if activity_id == 1 else "Update",
@@ -91,6 +105,7 @@ def to_ocsf(event: dict[str, Any], *, product_version: str = "") -> dict[str, An
             "first_seen_time": first,
             "last_seen_time": last,
             "data_sources": ["network flow records"],
+            **attacks,
             "analytic": {"name": detector, "uid": detector,
                          "type_id": _ANALYTIC_TYPE_ID.get(detector, 1)},
         },

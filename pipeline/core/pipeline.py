@@ -40,11 +40,13 @@ from pipeline.core.detect import (
 from pipeline.core.enrich import Enriched, Orienter, enrich
 from pipeline.core.events import KnownTraffic, hours_of, rule_event, violation_event
 from pipeline.core.incidents import Incidents, parse_criticality
+from pipeline.core.hostdetect import HostBehaviour, HostParams
+from pipeline.core.hosts import HostFlows, empty_features
 from pipeline.core.inventory import Inventory
 from pipeline.core.records import EDGE_MINUTE
 from pipeline.core.rules import derive_rules
 from pipeline.core.settings import CoreSettings
-from pipeline.core.workloads import WORLD, Workloads
+from pipeline.core.workloads import EXTERNAL_KINDS, WORLD, Workloads
 
 _TYPE_CODE = {t: i for i, t in enumerate(TYPES)}
 SERVICE_CLIENTS_MAX = 8  # known_clients_of_service: the first clients by workload key
@@ -64,6 +66,16 @@ class BatchOutput:
     audit_flows: int = 0
     enforce_flows: int = 0
     late_audit_flows: int = 0
+    # per-(source host, window) feature rows of the host windows that closed (see
+    # pipeline.core.hosts: FEATURES, HostWindows.take_closed)
+    host_windows: dict[str, np.ndarray] = field(default_factory=empty_features)
+
+
+def _host_params(s: CoreSettings) -> HostParams:
+    return HostParams(window=s.host_window, fan_out_min=s.host_fan_out_min,
+                      failures_min=s.host_failures_min, volume_min_bytes=s.volume_min_bytes,
+                      beacon_min_beats=s.beacon_min_beats, beacon_max_jitter=s.beacon_max_jitter,
+                      max_hosts=s.max_hosts)
 
 
 def _baseline_params(s: CoreSettings) -> dict[str, Any]:
@@ -98,6 +110,8 @@ class Pipeline:
         self.baseline = EdgeBaseline(**_baseline_params(settings))
         self.windows = ViolationWindows(**_windows_params(settings))
         self.incidents = Incidents(**_incidents_params(settings))
+        self.hosts = HostBehaviour(_host_params(settings))
+        self._external: tuple[Any, np.ndarray] = (None, np.zeros(0, dtype=bool))
         self.counts: dict[str, int] = defaultdict(int)
         self._audit_start: float | None = settings.audit_start
         self._rules_emitted = False
@@ -153,6 +167,8 @@ class Pipeline:
         if local.any():
             self.counts["local_scope_flows"] += int(local.sum())
         learn = in_audit & ~e.rejected & ~local
+        host_rows = ~local & ~self._external_mask()[e.client_wid]
+        new_edge = np.zeros(len(e), dtype=bool)  # after the audit: set by _score
         if learn.any():
             if self.baseline.frozen_:
                 out.late_audit_flows = int(learn.sum())
@@ -164,10 +180,13 @@ class Pipeline:
         violating = np.zeros(len(e), dtype=bool)
         if out.enforce_flows:
             out.rules.extend(self.end_audit())
-            violating = self._score(e, keys, ~in_audit & ~local)
+            violating = self._score(e, keys, ~in_audit & ~local, new_edge)
         out.edge_minutes = self._aggregate(e, keys, in_audit, violating, source_id, block, version)
         newest = float(e.start.max())
-        self.windows.advance(newest if watermark is None else min(newest, watermark))
+        wm = newest if watermark is None else min(newest, watermark)
+        self.hosts.add(_host_flows(e, keys, new_edge, np.flatnonzero(host_rows)))
+        out.host_windows = self._advance_hosts(wm)
+        self.windows.advance(wm)
         out.violations.extend(self.drain_events())
         for k in ("flows", "audit_flows", "enforce_flows", "late_audit_flows"):
             self.counts[k] += getattr(out, k)
@@ -182,6 +201,7 @@ class Pipeline:
         if end is not None and t >= end:
             out.rules.extend(self.end_audit())
         self.baseline.advance(t)
+        out.host_windows = self._advance_hosts(t)
         self.windows.advance(t)
         out.violations.extend(self.drain_events())
         return self._with_incidents(out)
@@ -199,6 +219,7 @@ class Pipeline:
         out = BatchOutput()
         if not self._rules_emitted and self._audit_start is not None:
             out.rules.extend(self._rule_events(final=False))
+        out.host_windows = self._advance_hosts(float("inf"), everything=True)
         out.violations.extend(self._events(self.windows.close(everything=True)))
         self.counts["violations"] += len(out.violations)
         return self._with_incidents(out)
@@ -215,6 +236,34 @@ class Pipeline:
         out.incidents.extend(self.incidents.absorb(out.violations, labels_of))
         self.incidents.advance(self.windows.watermark_)
         return out
+
+    def _first_seen(self, keys: np.ndarray) -> np.ndarray:
+        """First flow time the baseline knows for each edge key (inf if unknown)."""
+        uniq, inv = np.unique(keys, return_inverse=True)
+        rows = self.baseline.lookup(uniq)
+        if not (rows >= 0).any():
+            return np.full(len(keys), np.inf)
+        return np.where(rows >= 0, self.baseline.first_seen_[np.maximum(rows, 0)], np.inf)[inv]
+
+    def _external_mask(self) -> np.ndarray:
+        """Per wid: the workload is outside (world, listed external): its addresses are
+        internet clients, not hosts of the estate, so they get no per-host state."""
+        kind = self.workloads.column("kind")
+        if self._external[0] is not kind:
+            self._external = (kind, np.isin(kind, list(EXTERNAL_KINDS)))
+        return self._external[1]
+
+    def _advance_hosts(self, t: float, *, everything: bool = False) -> dict[str, np.ndarray]:
+        """Per-host detectors up to event time ``t`` minus the detection lateness (their
+        candidates go to the violation windows); returns the host windows that ``t`` minus
+        the lateness closed (feature rows)."""
+        st = self.settings
+        cands, feats = self.hosts.advance(t - st.detection_lateness, t - st.lateness,
+                                          self.audit_end, everything=everything,
+                                          first_seen=self._first_seen)
+        for c in cands:
+            self.windows.add(c)
+        return feats
 
     # -- audit end -----------------------------------------------------------------------
     def end_audit(self) -> list[dict[str, Any]]:
@@ -287,6 +336,7 @@ class Pipeline:
             "windows": self.windows.state(),
             "incidents": self.incidents.state(),
             "listeners": self.orienter.state(),
+            "hosts": self.hosts.state(),
         }
 
     @classmethod
@@ -304,17 +354,22 @@ class Pipeline:
         p.windows = ViolationWindows.from_state(state["windows"], **_windows_params(settings))
         p.incidents = Incidents.from_state(state.get("incidents"), **_incidents_params(settings))
         p.orienter = Orienter.from_state(state["listeners"])
+        if "hosts" in state:
+            p.hosts = HostBehaviour.from_state(state["hosts"], _host_params(settings))
         if p.baseline.frozen_:
             p._known = p._known_traffic()
         return p
 
     # -- scoring -------------------------------------------------------------------------
-    def _score(self, e: Enriched, keys: np.ndarray, enforce: np.ndarray) -> np.ndarray:
-        """Find violation candidates among post-audit flows; returns the violating mask."""
+    def _score(self, e: Enriched, keys: np.ndarray, enforce: np.ndarray,
+               new_edge: np.ndarray) -> np.ndarray:
+        """Find violation candidates among post-audit flows; returns the violating mask and
+        marks the flows of edges the baseline does not know in ``new_edge``."""
         idx = np.flatnonzero(enforce)
         uniq, inv = np.unique(keys[idx], return_inverse=True)
         rows_u = self.baseline.lookup(uniq)
         rows = rows_u[inv]
+        new_edge[idx] = rows < 0
         violating = np.zeros(len(e), dtype=bool)
         parts: list[tuple[np.ndarray, np.ndarray, list[dict[str, Any] | None] | None]] = []
 
@@ -445,6 +500,18 @@ class Pipeline:
         return [violation_event(a, self.workloads, self._known, scan_threshold=st.scan_threshold,
                                 suppress_window=st.suppress_window,
                                 detection_lateness=st.detection_lateness) for a in aggs]
+
+
+def _host_flows(e: Enriched, keys: np.ndarray, new_edge: np.ndarray, rows: np.ndarray
+                ) -> HostFlows:
+    """The columns the per-host state reads, for ``rows`` of an enriched batch."""
+    return HostFlows(
+        start=e.start[rows], host=e.client_host[rows], peer=e.server_host[rows],
+        app=e.client_wid[rows].astype(np.int64), peer_app=e.server_wid[rows].astype(np.int64),
+        port=e.service_port[rows].astype(np.int32), proto=e.proto[rows].astype(np.int16),
+        bytes=e.bytes[rows].astype(np.int64), rejected=e.rejected[rows],
+        failed=e.rejected[rows] | e.unanswered[rows], new_edge=new_edge[rows],
+        edge=keys[rows].astype(np.int64))
 
 
 __all__ = ["SERVICE_CLIENTS_MAX", "BatchOutput", "Pipeline"]

@@ -235,7 +235,8 @@ EDGE_MINUTE = Record(
               "minute", "source_id", "block"),
 )
 
-VIOLATION_TYPES = ("new_edge", "new_port", "scan", "volume_spike", "off_hours")
+VIOLATION_TYPES = ("new_edge", "new_port", "scan", "volume_spike", "off_hours", "fan_out",
+                   "failed_connections", "host_volume", "beacon")
 
 VIOLATION = Record(
     table="violations",

@@ -235,6 +235,26 @@ class CoreSettings:
         default_text="tier=db:15, tier=database:15, criticality=high:15, criticality=critical:25")
     max_open_incidents: int = setting(
         100_000, "open incidents at most (the oldest close early)", low=1, metavar="N")
+    # per-source-host behaviour (pipeline.core.hostdetect)
+    host_window: float = setting(
+        3600.0, "per-source-host window (s): fan-out, failed connections, host volume and the "
+        "behaviour features are counted per host and window", low=60, high=86400,
+        metavar="SECONDS")
+    host_fan_out_min: int = setting(
+        8, "a fan_out needs more distinct destination addresses on one port in a host window "
+        "than this (and than twice the audit's q99)", low=1, metavar="N")
+    host_failures_min: int = setting(
+        10, "a failed_connections finding needs more rejected/unanswered flows of one host in "
+        "a window than this (and than twice the audit's q99)", low=1, metavar="N")
+    beacon_min_beats: int = setting(
+        8, "regular intervals a (host, peer, port) series needs before it is a beacon",
+        low=3, high=12, metavar="N")
+    beacon_max_jitter: float = setting(
+        0.2, "largest std/mean of a beacon's last intervals", low=0, low_open=True, high=1.5,
+        metavar="RATIO")
+    max_hosts: int = setting(
+        65_536, "source hosts tracked per host window at most (flows of further hosts are "
+        "counted, not scored)", low=1, metavar="N")
 
     def __post_init__(self) -> None:
         for info in SETTINGS:

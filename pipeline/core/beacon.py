@@ -1,0 +1,186 @@
+"""Periodic connections (beacons) per (source host, destination host, port, proto) series.
+
+Each series keeps its last flow time, its beat count and its last ``K`` intervals. A flow is
+*periodic* when the series has at least ``min_beats`` intervals and the last ``K`` (or fewer)
+intervals have a coefficient of variation (std / mean) of at most ``max_jitter``: RITA-style
+regularity, without keeping timestamps. Flows less than ``MERGE_S`` after the previous one are
+the same beat (parallel connections). Rows must come in event-time order (the release buffer
+of :mod:`pipeline.core.hosts` gives them), so results do not depend on batch boundaries.
+
+Bounded: at most ``max_series`` series (new ones past it are not tracked, ``refused_``);
+series idle for ``expire`` seconds are dropped by :meth:`BeaconSeries.expire`. State is
+``max_series × (K × 4 + 24)`` bytes at most.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Self
+
+import numpy as np
+
+from pipeline.core.hostsets import combine, sorted_find
+
+K = 12  # intervals kept per series
+MERGE_S = 1.0  # a flow this close to the previous one is the same beat
+
+
+class BeaconSeries:
+    """Interval statistics per series; :meth:`add` says which flows are periodic."""
+
+    def __init__(self, *, min_beats: int = 8, max_jitter: float = 0.2, min_period: float = 10.0,
+                 max_series: int = 1 << 18, expire: float = 7200.0) -> None:
+        self.min_beats = min_beats
+        self.max_jitter = max_jitter
+        self.min_period = min_period
+        self.max_series = max_series
+        self.expire_s = expire
+        self.keys_ = np.zeros(0, dtype=np.uint64)
+        self.last_ = np.zeros(0, dtype=np.float64)
+        self.beats_ = np.zeros(0, dtype=np.int64)
+        self.ring_ = np.zeros((0, K), dtype=np.float32)  # oldest → newest, 0 = none
+        self.refused_ = 0
+
+    def add(self, host: np.ndarray, peer: np.ndarray, port: np.ndarray, proto: np.ndarray,
+            start: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Time-ordered flows → (periodic mask, mean interval, jitter (cv), beats) per flow."""
+        n = len(start)
+        periodic = np.zeros(n, dtype=bool)
+        mean_out = np.zeros(n)
+        cv_out = np.zeros(n)
+        beats_out = np.zeros(n, dtype=np.int64)
+        if not n:
+            return periodic, mean_out, cv_out, beats_out
+        sk = combine(host, peer, port.astype(np.int64), proto.astype(np.int64))
+        gu, first, ginv = np.unique(sk, return_index=True, return_inverse=True)
+        pos = sorted_find(self.keys_, gu)
+        new = np.flatnonzero(pos < 0)
+        if len(new):
+            room = max(self.max_series - len(self.keys_), 0)
+            take = np.sort(new[np.argsort(first[new], kind="stable")][:room])
+            self.refused_ += len(new) - len(take)
+            if len(take):
+                at = np.searchsorted(self.keys_, gu[take])
+                self.keys_ = np.insert(self.keys_, at, gu[take])
+                self.last_ = np.insert(self.last_, at, -np.inf)
+                self.beats_ = np.insert(self.beats_, at, 0)
+                self.ring_ = np.insert(self.ring_, at, 0.0, axis=0)
+                pos = sorted_find(self.keys_, gu)
+        rows = np.flatnonzero(pos[ginv] >= 0)
+        if not len(rows):
+            return periodic, mean_out, cv_out, beats_out
+        g = ginv[rows]
+        order = rows[np.lexsort((start[rows], g))]  # by series, then time
+        gs = ginv[order]
+        t = start[order]
+        head = np.r_[True, gs[1:] != gs[:-1]]
+        prev = np.r_[np.nan, t[:-1]]
+        prev[head] = self.last_[pos[gs[head]]]
+        gap = t - prev
+        beat = ~(gap < MERGE_S)  # the first ever (gap inf) is a beat with no interval
+        # recompute gaps between beats only (merged flows inherit their beat's stats)
+        b_idx = np.flatnonzero(beat)
+        bt, bg = t[b_idx], gs[b_idx]
+        bhead = np.r_[True, bg[1:] != bg[:-1]]
+        bprev = np.r_[np.nan, bt[:-1]]
+        bprev[bhead] = self.last_[pos[bg[bhead]]]
+        interval = bt - bprev  # inf for a series' first beat ever
+        has = np.isfinite(interval)
+        # flat sequence per series: ring values (valid) then the new intervals
+        su = np.unique(bg)
+        srow = pos[su]
+        ring = self.ring_[srow].astype(np.float64)
+        r_valid = ring > 0
+        r_series = np.repeat(su, K).reshape(len(su), K)[r_valid]
+        r_vals = ring[r_valid]
+        r_seq = np.tile(np.arange(-K, 0), (len(su), 1))[r_valid]
+        n_iv = int(has.sum())
+        f_series = np.r_[r_series, bg[has]]
+        f_vals = np.r_[r_vals, interval[has]]
+        f_seq = np.r_[r_seq, np.arange(n_iv)]
+        f_new = np.r_[np.zeros(len(r_vals), dtype=bool), np.ones(n_iv, dtype=bool)]
+        fo = np.lexsort((f_seq, f_series))
+        f_series, f_vals, f_new = f_series[fo], f_vals[fo], f_new[fo]
+        fhead = np.r_[True, f_series[1:] != f_series[:-1]] if len(f_series) else np.zeros(0, bool)
+        fstart = np.flatnonzero(fhead)
+        f_first = fstart[np.cumsum(fhead) - 1] if len(f_series) else np.zeros(0, np.int64)
+        idx = np.arange(len(f_vals))
+        lo = np.maximum(f_first, idx - K + 1)
+        cs = np.r_[0.0, np.cumsum(f_vals)]
+        cs2 = np.r_[0.0, np.cumsum(f_vals * f_vals)]
+        cnt = idx - lo + 1
+        s1 = cs[idx + 1] - cs[lo]
+        s2 = cs2[idx + 1] - cs2[lo]
+        mean = s1 / cnt
+        var = np.maximum(s2 / cnt - mean * mean, 0.0)
+        cv = np.sqrt(var) / np.maximum(mean, 1e-9)
+        # beats so far per interval: the series' stored beats + rank among new beats
+        # map new-interval stats back to beat rows (in the same per-series time order)
+        new_pos = np.flatnonzero(f_new)
+        iv_rows = b_idx[has]  # beat rows with an interval, in (series, time) order
+        stat_mean = np.zeros(len(t))
+        stat_cv = np.full(len(t), np.inf)
+        stat_cnt = np.zeros(len(t), dtype=np.int64)
+        stat_mean[iv_rows] = mean[new_pos]
+        stat_cv[iv_rows] = cv[new_pos]
+        stat_cnt[iv_rows] = cnt[new_pos]
+        # merged (non-beat) flows take the stats of their beat
+        beat_id = np.maximum.accumulate(np.where(beat | head, np.arange(len(t)), 0))
+        stat_mean, stat_cv, stat_cnt = stat_mean[beat_id], stat_cv[beat_id], stat_cnt[beat_id]
+        base_beats = self.beats_[pos[gs]]
+        run_beats = base_beats + _rank_in_group(gs, beat)
+        per = ((stat_cnt >= min(self.min_beats, K)) & (run_beats > self.min_beats)
+               & (stat_cv <= self.max_jitter) & (stat_mean >= self.min_period))
+        periodic[order] = per
+        mean_out[order] = stat_mean
+        cv_out[order] = np.where(np.isfinite(stat_cv), stat_cv, 0.0)
+        beats_out[order] = run_beats
+        # state: last time, beats, last K intervals per series
+        last_rows = np.flatnonzero(np.r_[gs[1:] != gs[:-1], True])
+        self.last_[pos[gs[last_rows]]] = t[last_rows]
+        np.add.at(self.beats_, pos[bg], 1)
+        if len(f_series):
+            tail = np.flatnonzero(np.r_[f_series[1:] != f_series[:-1], True])
+            for j in range(K):  # last K values of each series, right-aligned
+                src = tail - (K - 1 - j)
+                ok = src >= f_first[tail]
+                col = np.zeros(len(tail), dtype=np.float32)
+                col[ok] = f_vals[src[ok]]
+                self.ring_[pos[f_series[tail]], j] = col
+        return periodic, mean_out, cv_out, beats_out
+
+    def expire(self, watermark: float) -> None:
+        """Drop series idle since before ``watermark - expire``."""
+        keep = ~(self.last_ < watermark - self.expire_s)
+        if not keep.all():
+            self.keys_, self.last_ = self.keys_[keep], self.last_[keep]
+            self.beats_, self.ring_ = self.beats_[keep], self.ring_[keep]
+
+    def __len__(self) -> int:
+        return len(self.keys_)
+
+    def state(self) -> dict[str, Any]:
+        return {"keys": self.keys_, "last": self.last_, "beats": self.beats_,
+                "ring": self.ring_, "refused": self.refused_}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], **params: Any) -> Self:
+        b = cls(**params)
+        b.keys_ = np.array(state["keys"], dtype=np.uint64)
+        b.last_ = np.array(state["last"], dtype=np.float64)
+        b.beats_ = np.array(state["beats"], dtype=np.int64)
+        b.ring_ = np.array(state["ring"], dtype=np.float32).reshape(-1, K)
+        b.refused_ = int(state["refused"])
+        return b
+
+
+def _rank_in_group(group: np.ndarray, flag: np.ndarray) -> np.ndarray:
+    """Running count of ``flag`` within each group (rows sorted by group)."""
+    cs = np.cumsum(flag.astype(np.int64))
+    head = np.r_[True, group[1:] != group[:-1]]
+    starts = np.flatnonzero(head)
+    before = (cs[starts] - flag[starts].astype(np.int64))[np.cumsum(head) - 1]
+    return cs - before
+
+
+__all__ = ["BeaconSeries", "K"]

@@ -1,0 +1,355 @@
+"""Bounded, vectorised keyed state for the per-host detectors: hashes, distinct counters,
+running sums and log-scale histograms, all sorted numpy arrays (no Python dict per key).
+
+Why sorted arrays: a batch is merged with one ``np.unique`` plus ``searchsorted``/``insert``
+(memcpy-cheap), state snapshots are plain arrays, and every bound is a length check.
+
+Keys are 64-bit hashes (:func:`mix`) of the parts they stand for (host address key, window
+index, port, workload id …); two different keys colliding is a 2^-64 event per pair and
+costs at most one miscounted member.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Self
+
+import numpy as np
+
+_C1 = np.uint64(0x9E3779B97F4A7C15)
+_C2 = np.uint64(0xBF58476D1CE4E5B9)
+_C3 = np.uint64(0x94D049BB133111EB)
+_S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
+
+
+def mix(x: np.ndarray | int) -> np.ndarray:
+    """splitmix64 of each value (ints wrap into uint64).
+
+    >>> int(mix(np.array([1]))[0]) != int(mix(np.array([2]))[0])
+    True
+    """
+    z = np.asarray(x).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        z = z + _C1
+        z = (z ^ (z >> _S30)) * _C2
+        z = (z ^ (z >> _S27)) * _C3
+    return np.asarray(z ^ (z >> _S31))
+
+
+def combine(*parts: np.ndarray | int) -> np.ndarray:
+    """One 64-bit key from several integer columns (order matters)."""
+    h = mix(parts[0])
+    for p in parts[1:]:
+        h = mix(h ^ mix(np.asarray(p).astype(np.uint64) + np.uint64(0x632BE59BD9B4E019)))
+    return h
+
+
+def sorted_find(keys: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Index of each value in the sorted unique ``keys``, -1 where absent."""
+    if not len(keys) or not len(values):
+        return np.full(len(values), -1, dtype=np.int64)
+    pos = np.searchsorted(keys, values)
+    pos_c = np.minimum(pos, len(keys) - 1)
+    return np.where(keys[pos_c] == values, pos_c, -1).astype(np.int64)
+
+
+def take_at(arr: np.ndarray, pos: np.ndarray, fill: float | int = 0) -> np.ndarray:
+    """``arr[pos]`` where ``pos >= 0``, ``fill`` elsewhere (``arr`` may be empty)."""
+    if not len(arr):
+        return np.full(len(pos), fill, dtype=arr.dtype)
+    return np.where(pos >= 0, arr[np.maximum(pos, 0)], fill)
+
+
+def group_cumsum(group: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Running sum of ``values`` within each group, in row order (rows already ordered)."""
+    if not len(group):
+        return np.zeros(0, dtype=values.dtype)
+    order = np.argsort(group, kind="stable")
+    v = values[order]
+    g = group[order]
+    cs = np.cumsum(v)
+    head = np.r_[True, g[1:] != g[:-1]]
+    starts = np.flatnonzero(head)
+    offset = (cs[starts] - v[starts])[np.cumsum(head) - 1]
+    out = np.empty_like(cs)
+    out[order] = cs - offset
+    return out
+
+
+class DistinctCounter:
+    """Distinct (group, value) members and a count per group, for open windows.
+
+    :meth:`add` takes rows in event-time order and returns, per row, its group's distinct
+    count after that row, so a threshold crossing is found on the exact flow whatever the
+    batch boundaries. Bounded: a group counts at most ``per_group`` members (then saturates),
+    and at most ``max_members`` members are stored overall (past it new members are counted
+    but not stored, and ``refused_`` grows); groups live until :meth:`prune` drops their
+    window."""
+
+    def __init__(self, *, per_group: int = 4096, max_members: int = 1 << 20) -> None:
+        self.per_group = per_group
+        self.max_members = max_members
+        self.members_ = np.zeros(0, dtype=np.uint64)
+        self.member_win_ = np.zeros(0, dtype=np.int64)
+        self.groups_ = np.zeros(0, dtype=np.uint64)
+        self.group_win_ = np.zeros(0, dtype=np.int64)
+        self.count_ = np.zeros(0, dtype=np.int64)
+        self.label_ = np.zeros(0, dtype=np.uint64)  # what a group stands for (optional)
+        self.label2_ = np.zeros(0, dtype=np.uint64)
+        self.refused_ = 0
+
+    def add(self, group: np.ndarray, value: np.ndarray, win: np.ndarray,
+            label: np.ndarray | None = None, label2: np.ndarray | None = None) -> np.ndarray:
+        """Merge rows (time-ordered); the group's distinct count after each row. ``label``
+        (one uint64 per row, the same for a group's rows) is kept per group for
+        :meth:`prune`."""
+        n = len(group)
+        if not n:
+            return np.zeros(0, dtype=np.int64)
+        member = combine(group, value)
+        uniq, first, inv = np.unique(member, return_index=True, return_inverse=True)
+        known = sorted_find(self.members_, uniq) >= 0
+        new = np.zeros(n, dtype=np.int64)
+        new[first[~known]] = 1
+        gu, ginv = np.unique(group, return_inverse=True)
+        gpos = sorted_find(self.groups_, gu)
+        base = take_at(self.count_, gpos)
+        running = base[ginv] + group_cumsum(ginv, new)
+        store = (new == 1) & (running <= self.per_group)
+        running = np.minimum(running, self.per_group)
+        rows = np.flatnonzero(store)
+        room = self.max_members - len(self.members_)
+        if len(rows) > room:
+            self.refused_ += len(rows) - max(room, 0)
+            rows = rows[: max(room, 0)]
+        if len(rows):
+            m = member[rows]
+            o = np.argsort(m)
+            at = np.searchsorted(self.members_, m[o])
+            self.members_ = np.insert(self.members_, at, m[o])
+            self.member_win_ = np.insert(self.member_win_, at, win[rows][o])
+        final = np.zeros(len(gu), dtype=np.int64)
+        np.maximum.at(final, ginv, running)
+        gwin = np.zeros(len(gu), dtype=np.int64)
+        gwin[ginv] = win
+        glab = np.zeros(len(gu), dtype=np.uint64)
+        glab2 = np.zeros(len(gu), dtype=np.uint64)
+        if label is not None:
+            glab[ginv] = label
+        if label2 is not None:
+            glab2[ginv] = label2
+        old = gpos >= 0
+        self.count_[gpos[old]] = final[old]
+        if (~old).any():
+            at = np.searchsorted(self.groups_, gu[~old])
+            self.groups_ = np.insert(self.groups_, at, gu[~old])
+            self.group_win_ = np.insert(self.group_win_, at, gwin[~old])
+            self.count_ = np.insert(self.count_, at, final[~old])
+            self.label_ = np.insert(self.label_, at, glab[~old])
+            self.label2_ = np.insert(self.label2_, at, glab2[~old])
+        del inv
+        return running
+
+    def counts(self, groups: np.ndarray) -> np.ndarray:
+        """Current count of each group (0 when unknown)."""
+        pos = sorted_find(self.groups_, groups)
+        return take_at(self.count_, pos)
+
+    def prune(self, before_win: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Forget members and groups of windows before ``before_win``; the dropped groups'
+        (labels, second labels, windows, counts)."""
+        keep = self.member_win_ >= before_win
+        if not keep.all():
+            self.members_, self.member_win_ = self.members_[keep], self.member_win_[keep]
+        keep = self.group_win_ >= before_win
+        out = self.label_[~keep], self.label2_[~keep], self.group_win_[~keep], self.count_[~keep]
+        if not keep.all():
+            self.groups_ = self.groups_[keep]
+            self.group_win_ = self.group_win_[keep]
+            self.count_ = self.count_[keep]
+            self.label_ = self.label_[keep]
+            self.label2_ = self.label2_[keep]
+        return out
+
+    def state(self) -> dict[str, Any]:
+        return {"members": self.members_, "member_win": self.member_win_,
+                "groups": self.groups_, "group_win": self.group_win_, "count": self.count_,
+                "label": self.label_, "label2": self.label2_, "refused": self.refused_}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], **params: Any) -> Self:
+        d = cls(**params)
+        d.members_ = np.array(state["members"], dtype=np.uint64)
+        d.member_win_ = np.array(state["member_win"], dtype=np.int64)
+        d.groups_ = np.array(state["groups"], dtype=np.uint64)
+        d.group_win_ = np.array(state["group_win"], dtype=np.int64)
+        d.count_ = np.array(state["count"], dtype=np.int64)
+        d.label_ = np.array(state["label"], dtype=np.uint64)
+        d.label2_ = np.array(state["label2"], dtype=np.uint64)
+        d.refused_ = int(state["refused"])
+        return d
+
+
+def group_cummax(group: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Running maximum of non-negative ints (< 2^40) within each group, in row order."""
+    if not len(group):
+        return np.zeros(0, dtype=np.int64)
+    order = np.argsort(group, kind="stable")
+    g = np.unique(group[order], return_inverse=True)[1].astype(np.int64)
+    v = np.clip(values[order].astype(np.int64), 0, (1 << 40) - 1)
+    acc = np.maximum.accumulate((g << 40) | v) & ((1 << 40) - 1)
+    out = np.empty(len(group), dtype=np.int64)
+    out[order] = acc
+    return out
+
+
+class RunningSums:
+    """A running sum and maximum per group key for open windows (per (host, edge, hour)
+    bytes and its largest flow).
+
+    :meth:`add` takes time-ordered rows and returns each row's group total and largest value
+    after it. Bounded by ``max_groups`` (rows of groups past it are not summed; ``refused_``
+    counts them)."""
+
+    def __init__(self, *, max_groups: int = 1 << 18) -> None:
+        self.max_groups = max_groups
+        self.keys_ = np.zeros(0, dtype=np.uint64)
+        self.win_ = np.zeros(0, dtype=np.int64)
+        self.label_ = np.zeros(0, dtype=np.int64)  # what the group belongs to (an edge key)
+        self.sum_ = np.zeros(0, dtype=np.float64)
+        self.max_ = np.zeros(0, dtype=np.int64)
+        self.refused_ = 0
+
+    def add(self, key: np.ndarray, label: np.ndarray, win: np.ndarray,
+            values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(running total per row, running maximum per row, rows that were summed)."""
+        n = len(key)
+        if not n:
+            return np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
+        gu, first, ginv = np.unique(key, return_index=True, return_inverse=True)
+        pos = sorted_find(self.keys_, gu)
+        new = np.flatnonzero(pos < 0)
+        room = self.max_groups - len(self.keys_)
+        ok_g = pos >= 0
+        if len(new):
+            take = new[np.argsort(first[new], kind="stable")][: max(room, 0)]
+            ok_g[take] = True
+            if len(new) > len(take):
+                self.refused_ += int(np.isin(ginv, new).sum()) - int(np.isin(ginv, take).sum())
+            if len(take):
+                t = np.sort(take)
+                at = np.searchsorted(self.keys_, gu[t])
+                self.keys_ = np.insert(self.keys_, at, gu[t])
+                self.win_ = np.insert(self.win_, at, win[first[t]])
+                self.label_ = np.insert(self.label_, at, label[first[t]])
+                self.sum_ = np.insert(self.sum_, at, 0.0)
+                self.max_ = np.insert(self.max_, at, 0)
+                pos = sorted_find(self.keys_, gu)
+        ok = ok_g[ginv]
+        v = np.where(ok, values, 0).astype(np.float64)
+        base = take_at(self.sum_, pos, 0.0)
+        running = base[ginv] + group_cumsum(ginv, v)
+        totals = np.bincount(ginv, weights=v, minlength=len(gu))
+        hit = pos >= 0
+        self.sum_[pos[hit]] += totals[hit]
+        vi = np.where(ok, values, 0).astype(np.int64)
+        run_max = np.maximum(take_at(self.max_, pos)[ginv], group_cummax(ginv, vi))
+        gmax = np.zeros(len(gu), dtype=np.int64)
+        np.maximum.at(gmax, ginv, run_max)
+        self.max_[pos[hit]] = gmax[hit]
+        return running, run_max, ok
+
+    def pop(self, before_win: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Remove the groups of windows before ``before_win``: (labels, windows, sums,
+        maxima)."""
+        done = self.win_ < before_win
+        out = self.label_[done], self.win_[done], self.sum_[done], self.max_[done]
+        keep = ~done
+        self.keys_, self.win_ = self.keys_[keep], self.win_[keep]
+        self.label_, self.sum_, self.max_ = self.label_[keep], self.sum_[keep], self.max_[keep]
+        return out
+
+    def state(self) -> dict[str, Any]:
+        return {"keys": self.keys_, "win": self.win_, "label": self.label_, "sum": self.sum_,
+                "max": self.max_, "refused": self.refused_}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], **params: Any) -> Self:
+        s = cls(**params)
+        s.keys_ = np.array(state["keys"], dtype=np.uint64)
+        s.win_ = np.array(state["win"], dtype=np.int64)
+        s.label_ = np.array(state["label"], dtype=np.int64)
+        s.sum_ = np.array(state["sum"], dtype=np.float64)
+        s.max_ = np.array(state["max"], dtype=np.int64)
+        s.refused_ = int(state["refused"])
+        return s
+
+
+class LogHistograms:
+    """A log-scale histogram per key (learned audit distributions), bounded by ``max_keys``.
+
+    Bin ``b`` holds values ``x`` with ``floor(per_octave * log2(1 + x)) == b``; quantiles are
+    read as the upper edge of their bin (a conservative, ≤ 2^(1/per_octave) overestimate)."""
+
+    def __init__(self, *, bins: int = 64, per_octave: int = 4, max_keys: int = 1 << 16) -> None:
+        self.bins = bins
+        self.per_octave = per_octave
+        self.max_keys = max_keys
+        self.keys_ = np.zeros(0, dtype=np.uint64)
+        self.counts_ = np.zeros((0, bins), dtype=np.uint32)
+        self.refused_ = 0
+
+    def _bin(self, values: np.ndarray) -> np.ndarray:
+        b = np.floor(self.per_octave * np.log2(1.0 + np.maximum(values, 0.0)))
+        return np.minimum(b, self.bins - 1).astype(np.int64)
+
+    def add(self, keys: np.ndarray, values: np.ndarray) -> None:
+        """One sample per row."""
+        if not len(keys):
+            return
+        gu = np.unique(keys)
+        pos = sorted_find(self.keys_, gu)
+        new = gu[pos < 0]
+        room = self.max_keys - len(self.keys_)
+        if len(new) > room:
+            self.refused_ += len(new) - max(room, 0)
+            new = new[: max(room, 0)]
+        if len(new):
+            at = np.searchsorted(self.keys_, new)
+            self.keys_ = np.insert(self.keys_, at, new)
+            self.counts_ = np.insert(self.counts_, at, 0, axis=0)
+        rows = sorted_find(self.keys_, keys)
+        ok = rows >= 0
+        np.add.at(self.counts_, (rows[ok], self._bin(values[ok].astype(np.float64))), 1)
+
+    def quantile(self, keys: np.ndarray, q: float) -> tuple[np.ndarray, np.ndarray]:
+        """(value at quantile ``q`` per key, samples per key); NaN and 0 for unknown keys."""
+        rows = sorted_find(self.keys_, keys)
+        out = np.full(len(keys), np.nan)
+        n = np.zeros(len(keys), dtype=np.int64)
+        ok = np.flatnonzero(rows >= 0)
+        if len(ok):
+            c = self.counts_[rows[ok]].astype(np.int64)
+            cum = np.cumsum(c, axis=1)
+            total = cum[:, -1]
+            need = np.ceil(q * total).astype(np.int64)
+            b = (cum < np.maximum(need, 1)[:, None]).sum(axis=1)
+            out[ok] = np.exp2((b + 1) / self.per_octave) - 1.0
+            n[ok] = total
+        return out, n
+
+    def state(self) -> dict[str, Any]:
+        return {"keys": self.keys_, "counts": self.counts_, "refused": self.refused_}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], **params: Any) -> Self:
+        h = cls(**params)
+        h.keys_ = np.array(state["keys"], dtype=np.uint64)
+        h.counts_ = np.array(state["counts"], dtype=np.uint32).reshape(-1, h.bins)
+        h.refused_ = int(state["refused"])
+        return h
+
+
+__all__ = ["DistinctCounter", "LogHistograms", "RunningSums", "combine", "group_cummax",
+           "group_cumsum", "mix",
+           "sorted_find", "take_at"]
