@@ -69,6 +69,16 @@ class BeaconSeries:
         rows = np.flatnonzero(pos[ginv] >= 0)
         if not len(rows):
             return periodic, mean_out, cv_out, beats_out
+        # a series idle for longer than ``expire`` starts over (in event time, so the same
+        # whether or not :meth:`expire` dropped it already)
+        known = np.flatnonzero(pos >= 0)
+        first_t = start[first[known]]
+        stale = known[first_t - self.last_[pos[known]] > self.expire_s]
+        if len(stale):
+            sr = pos[stale]
+            self.last_[sr] = -np.inf
+            self.beats_[sr] = 0
+            self.ring_[sr] = 0.0
         g = ginv[rows]
         order = rows[np.lexsort((start[rows], g))]  # by series, then time
         gs = ginv[order]

@@ -312,7 +312,7 @@ def enrich(table: pa.Table, inventory: Inventory, orienter: Orienter) -> Enriche
         dst_ip=dst_ip,
         client_host=np.where(swap, dst_host, src_host),
         server_host=np.where(swap, src_host, dst_host),
-        unanswered=(flags != NO_TCP_FLAGS) & ((flags & TCP_SYN) != 0) & ((flags & TCP_ACK) == 0),
+        unanswered=_unanswered(flags),
     )
 
 
@@ -325,6 +325,12 @@ def _given(table: pa.Table, inventory: Inventory) -> Enriched:
     dst_port = _np(table.column("dst_port")).astype(np.int32)
     n = table.num_rows
     _, local = _scope_masks(inventory.workloads, np.concatenate([client, server]))
+    src_ip = table.column("src_ip").combine_chunks()
+    dst_ip = table.column("dst_ip").combine_chunks()
+    idx, addrs = encode_ips(pa.concat_arrays([src_ip, dst_ip]))
+    hk = host_keys(addrs)
+    src_host, dst_host = hk[idx[:n]], hk[idx[n:]]
+    flags = _np(table.column("tcp_flags")).astype(np.int16)
     return Enriched(
         start=_np(table.column("start")),
         end=_np(table.column("end")),
@@ -338,9 +344,17 @@ def _given(table: pa.Table, inventory: Inventory) -> Enriched:
         rejected=_np(table.column("action")) == ACTION_REJECT,
         swapped=swap,
         local=local[:n] | local[n:],
-        src_ip=table.column("src_ip").combine_chunks(),
-        dst_ip=table.column("dst_ip").combine_chunks(),
+        src_ip=src_ip,
+        dst_ip=dst_ip,
+        client_host=np.where(swap, dst_host, src_host),
+        server_host=np.where(swap, src_host, dst_host),
+        unanswered=_unanswered(flags),
     )
+
+
+def _unanswered(flags: np.ndarray) -> np.ndarray:
+    """TCP flows with known flags that sent a SYN and never saw an ACK."""
+    return (flags != NO_TCP_FLAGS) & ((flags & TCP_SYN) != 0) & ((flags & TCP_ACK) == 0)
 
 
 __all__ = ["IDENTITY_COLUMNS", "SERVICE_PORTS", "Enriched", "Orienter", "enrich"]

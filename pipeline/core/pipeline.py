@@ -39,9 +39,9 @@ from pipeline.core.detect import (
 )
 from pipeline.core.enrich import Enriched, Orienter, enrich
 from pipeline.core.events import KnownTraffic, hours_of, rule_event, violation_event
-from pipeline.core.incidents import Incidents, parse_criticality
 from pipeline.core.hostdetect import HostBehaviour, HostParams
 from pipeline.core.hosts import HostFlows, empty_features
+from pipeline.core.incidents import Incidents, parse_criticality
 from pipeline.core.inventory import Inventory
 from pipeline.core.records import EDGE_MINUTE
 from pipeline.core.rules import derive_rules
