@@ -508,8 +508,8 @@ class ViolationWindows:
 
 
 __all__ = [
-    "DETECT_LATENESS_MAX",
     "BEACON",
+    "DETECT_LATENESS_MAX",
     "FAILED",
     "FAN_OUT",
     "HOST_VOLUME",
