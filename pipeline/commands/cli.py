@@ -337,12 +337,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def nothing_accepted(summary: Any, dead_letter: Path | None, fmt: str = "auto") -> str:
     """The one line for a replay that accepted no flow at all."""
-    if not summary.records:
+    if not summary.flows and not summary.rejected:  # at most skipped lines (headers, ...)
         read_as = f" read as {fmt}" if fmt != "auto" else ""
+        skipped = ", ".join(f"{k} {v:,}" for k, v in summary.skip_reasons.most_common(3))
         return (f"no flow record found in {summary.files} file(s){read_as}, nothing accepted: "
-                "check --format")
-    reasons = ", ".join(f"{k} {v:,}" for k, v in summary.reject_reasons.most_common(3)) or (
-        "all skipped")
+                "check --format" + (f" (lines skipped: {skipped})" if skipped else ""))
+    reasons = ", ".join(f"{k} {v:,}" for k, v in summary.reject_reasons.most_common(3))
     where = f"rejects in {dead_letter}" if dead_letter else "see them with --dead-letter FILE"
     if summary.reject_reasons.get("time_relative"):
         return (f"none of the {summary.records:,} records was accepted ({reasons}): the times "

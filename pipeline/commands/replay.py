@@ -55,10 +55,11 @@ class ReplaySummary:
     """What a replay did, for the closing screen and for tests."""
 
     files: int = 0
-    records: int = 0
+    records: int = 0  # = flows + rejected + skipped (every non-blank line of a line format)
     flows: int = 0
     rejected: int = 0
     reject_reasons: Counter[str] = field(default_factory=Counter)
+    skip_reasons: Counter[str] = field(default_factory=Counter)  # lines that are not flows
     audit_flows: int = 0
     enforce_flows: int = 0
     edges: int = 0
@@ -289,7 +290,8 @@ def replay(
             bar.next_file(path)
             for result in shifted(parse_file(path, parser, seed=seed, on_read=bar.read),
                                   time_offset):
-                summary.records += result.records_in
+                summary.records += result.records_in + sum(result.skipped.values())
+                summary.skip_reasons.update(result.skipped)
                 reject(result.rejects)
                 named = _source_named(result.flows) if result.flows.num_rows else 0
                 if not checked and result.flows.num_rows:

@@ -46,11 +46,16 @@ def print_replay_summary(
     """Print what a user wants to see after a replay."""
     _say()
     _say("segflow replay")
+    skipped = sum(s.skip_reasons.values())
     _say(_line("input", f"{s.files} file(s), {s.records:,} records, {s.flows:,} flows, "
-                         f"{s.rejected:,} rejected"))
+                         f"{s.rejected:,} rejected"
+                         + (f", {skipped:,} skipped" if skipped else "")))
     if s.reject_reasons:
         reasons = ", ".join(f"{k} {v:,}" for k, v in s.reject_reasons.most_common(5))
         _say(_line("rejected by reason", reasons))
+    if skipped:
+        reasons = ", ".join(f"{k} {v:,}" for k, v in s.skip_reasons.most_common())
+        _say(_line("skipped (not flows)", reasons))
     if s.empty_files:
         _say(_line("empty files", f"{len(s.empty_files)} skipped"))
     _say(_line("identity", identity_text(s)))

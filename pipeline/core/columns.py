@@ -61,7 +61,7 @@ DEAD_LETTER_REASONS: tuple[str, ...] = (
     # any format
     "bad_json", "bad_record", "missing_field", "bad_type", "bad_time", "time_order",
     "time_range", "time_relative", "bad_ip", "bad_proto", "port_range", "negative_counter",
-    "bad_tuple",
+    "bad_tuple", "bad_line", "field_count",
     # a block that is not the declared format
     "not_aws_vpc", "not_azure_flow_log", "not_gcp_vpc", "not_goflow2", "not_hubble",
     "not_suricata", "not_zeek", "not_zeek_conn",
@@ -70,6 +70,11 @@ DEAD_LETTER_REASONS: tuple[str, ...] = (
 )
 """Every :attr:`Reject.reason` a parser or the ingest stage can give (a test checks the code
 against it): metrics start each at 0, so a first dead letter is a rate, not a new series."""
+
+SKIP_REASONS: tuple[str, ...] = ("header", "nodata", "skipdata", "non_flow_event")
+"""Why a non-blank input line is neither a flow nor a reject (:attr:`ParseResult.skipped`):
+a header or comment line (AWS field header, Zeek ``#`` lines), an AWS ``NODATA``/``SKIPDATA``
+record, an event that is not a flow (Suricata non-flow event types, Hubble agent events)."""
 
 
 def empty_flows() -> pa.Table:
@@ -82,10 +87,12 @@ __all__ = [
     "ACTION_NAMES",
     "ACTION_REJECT",
     "ACTION_UNKNOWN",
+    "DEAD_LETTER_REASONS",
     "FLOW_COLUMNS",
     "FLOW_SCHEMA",
     "NO_TCP_FLAGS",
     "REQUIRED_COLUMNS",
+    "SKIP_REASONS",
     "Reject",
     "empty_flows",
 ]

@@ -26,6 +26,7 @@ from pipeline.sources.base import ParseResult
 from pipeline.sources.columnar import (
     Locator,
     Prepared,
+    TextLines,
     bump,
     chunk,
     coalesce,
@@ -35,10 +36,10 @@ from pipeline.sources.columnar import (
     is_text,
     json_object,
     leading_line,
-    line_locator,
     merge,
     num,
     reject_all,
+    text_lines,
 )
 
 V2 = [
@@ -126,6 +127,7 @@ class AwsVpcParser:
             line += block.count(b"\n", pos, start) + 1
             self.layout = names
             bump(self.counters, "header_lines", 1)
+            results.append(ParseResult(skipped={"header": 1}))
             pos = end + 1
         if pos < len(block):
             results.append(self._segment(block[pos:], source, line))
@@ -134,7 +136,13 @@ class AwsVpcParser:
     def _segment(self, seg: bytes, source: str, first_line: int) -> ParseResult:
         if not first_char(seg):
             return ParseResult()
-        locate = line_locator(seg, source, first_line)
+        lines = text_lines(seg, source, first_line)
+        return lines.add_rejects(self._records(lines))
+
+    def _records(self, lines: TextLines) -> ParseResult:
+        seg, locate = lines.data, lines.locate
+        if not first_char(seg):
+            return ParseResult()
         first = leading_line(seg)
         count = len(first.split(b" "))
         layout = self.layout
@@ -146,7 +154,7 @@ class AwsVpcParser:
                 base = DEFAULT_LAYOUTS.get(count - 1)
                 layout = [CW_PREFIX, *base] if base else None
         if layout is None:
-            rows = count_lines(seg)
+            rows = lines.rows
             sizes = ", ".join(str(k) for k in sorted(DEFAULT_LAYOUTS))
             return ParseResult(rejects=reject_all(
                 rows, locate, "not_aws_vpc",
@@ -180,17 +188,17 @@ class AwsVpcParser:
     def _prepare(self, cols: dict[str, pa.Array], n: int) -> Prepared:
         get = cols.get
         status = get("log-status")
-        skip = np.zeros(n, dtype=bool)
+        skips: list[tuple[np.ndarray, str]] = []
         if status is not None:
             for word in ("NODATA", "SKIPDATA"):
                 hit = np.asarray(pc.equal(status, word).fill_null(False), dtype=bool)
                 bump(self.counters, word.lower(), int(hit.sum()))
-                skip |= hit
+                skips.append((hit, word.lower()))
         else:  # no log-status column: an all-dash address pair is a NODATA record
             empty = np.asarray(pc.and_(pc.is_null(_col(get("srcaddr"), n)),
                                        pc.is_null(_col(get("dstaddr"), n))), dtype=bool)
             bump(self.counters, "nodata", int(empty.sum()))
-            skip |= empty
+            skips.append((empty, "nodata"))
         src, dst = get("srcaddr"), get("dstaddr")
         if self.pkt_addresses:
             src = coalesce([get("pkt-srcaddr"), src])
@@ -211,7 +219,7 @@ class AwsVpcParser:
                 same = pc.equal(get(pkt), get(addr)).fill_null(False)
                 meta.append((key, pc.if_else(same, pa.scalar(None, pa.string()), get(pkt))))
         out["meta"] = json_object(meta, n)
-        return Prepared({k: v for k, v in out.items() if v is not None}, n, skip=skip)
+        return Prepared({k: v for k, v in out.items() if v is not None}, n, skips=skips)
 
 
 def _header_lines(block: bytes) -> Iterator[tuple[int, int, list[str]]]:
@@ -221,7 +229,10 @@ def _header_lines(block: bytes) -> Iterator[tuple[int, int, list[str]]]:
     for start in starts:
         end = block.find(b"\n", start)
         end = len(block) if end == -1 else end
-        tokens = block[start:end].decode("ascii", "replace").split()
+        text = block[start:end].removesuffix(b"\r")
+        if b"\r" in text:
+            continue  # not a header: a data line (rejected for its bare carriage return)
+        tokens = text.decode("ascii", "replace").split()
         if not tokens or tokens[0] not in KNOWN_FIELDS:
             continue
         names = [m.group(1) for m in map(_FIELD_TOKEN.match, tokens) if m]

@@ -35,6 +35,9 @@ class ParseResult:
     flows: pa.Table = field(default_factory=empty_flows)
     rejects: list[Reject] = field(default_factory=list)
     records_in: int = 0  # records seen in the block (good + rejected)
+    # lines that are not flow records (headers, NODATA, other event types), by reason; every
+    # non-blank line of a block is a flow, a reject or one of these
+    skipped: dict[str, int] = field(default_factory=dict)
     content_key: bytes = b""  # set by parse_file: digest of the input's bytes up to this block
 
 
@@ -86,13 +89,18 @@ def open_binary(path: Path, on_read: Callable[[int], None] | None = None) -> Ite
 def iter_line_blocks(
     path: Path, on_read: Callable[[int], None] | None = None
 ) -> Iterator[tuple[bytes, int]]:
-    """Yield (block of whole lines, number of its first line, 1-based) from a file.
+    """Yield (block of whole lines, number of its first line, 1-based) from a file; a UTF-8
+    byte-order mark at the file's start is left out (it is not part of the first record).
 
     Each block is copied once after the read (the previous chunk's partial last line joined
     to this chunk's whole lines), or not at all when a chunk ends at a line end."""
     pending = b""
     line_no = 1
+    first = True
     for chunk in open_binary(path, on_read):
+        if first:
+            chunk = chunk.removeprefix(b"\xef\xbb\xbf")
+            first = False
         cut = chunk.rfind(b"\n")
         if cut == -1:
             pending += chunk

@@ -349,7 +349,8 @@ class Prepared:
 
     columns: dict[str, pa.Array]
     n: int
-    skip: np.ndarray | None = None  # not flow records (already counted by the parser)
+    # rows that are not flow records: (mask, skip reason), counted in ParseResult.skipped
+    skips: list[tuple[np.ndarray, str]] = field(default_factory=list)
     bad: list[tuple[np.ndarray, str, str]] = field(default_factory=list)  # (mask, reason, detail)
 
 
@@ -388,7 +389,11 @@ def finish(prep: Prepared, locate: Locator) -> ParseResult:
     """Normalise the usable rows; everything else becomes a located reject or is dropped."""
     n = prep.n
     rejects: list[tuple[int, str, str]] = []
-    drop = np.zeros(n, dtype=bool) if prep.skip is None else prep.skip.copy()
+    drop = np.zeros(n, dtype=bool)
+    by_reason: dict[str, int] = {}
+    for mask, why in prep.skips:
+        bump(by_reason, why, int((mask & ~drop).sum()))
+        drop |= mask
     skipped = int(drop.sum())
     for mask, reason, detail in prep.bad:
         new = mask & ~drop
@@ -406,7 +411,7 @@ def finish(prep: Prepared, locate: Locator) -> ParseResult:
     for row, reason, detail in rejects:
         where, raw = locate(row)
         out.append(Reject(reason, detail, raw, where))
-    return ParseResult(flows, out, n - skipped)
+    return ParseResult(flows, out, n - skipped, skipped=by_reason)
 
 
 def finish_csv(prep: Prepared, block: bytes, skipped_texts: Sequence[str], locate: Locator,
@@ -436,16 +441,104 @@ def _line_no(source: str) -> int:
 
 def merge(results: Sequence[ParseResult]) -> ParseResult:
     """One result from the results of consecutive parts of a block."""
-    results = [r for r in results if r.records_in or r.rejects or r.flows.num_rows]
+    results = [r for r in results if r.records_in or r.rejects or r.flows.num_rows or r.skipped]
     if not results:
         return ParseResult()
     if len(results) == 1:
         return results[0]
+    skipped: dict[str, int] = {}
+    for r in results:
+        for why, k in r.skipped.items():
+            bump(skipped, why, k)
     return ParseResult(
         pa.concat_tables([r.flows for r in results]),
         [x for r in results for x in r.rejects],
         sum(r.records_in for r in results),
+        skipped=skipped,
     )
+
+
+# ---------------------------------------------------------------- delimited text lines
+
+BOM = b"\xef\xbb\xbf"
+BAD_LINE = "bad_line"
+_SPACE_LINE = re.compile(rb"\n[ \t\x0b\x0c]+\r?(?=\n|\Z)")  # literal prefix: fast
+_SPACE_HEAD = re.compile(rb"[ \t\x0b\x0c]+\r?(?:\n|\Z)")
+
+
+@dataclass(slots=True)
+class TextLines:
+    """The records of a block of delimited text (AWS, Zeek TSV) as Arrow's CSV reader must
+    see them: row ``i`` of ``data`` is the record ``locate(i)`` reports.
+
+    A line ends at ``\\n`` (a ``\\r`` before it is part of the line ending) and a blank line
+    (whitespace only) is not a record. Arrow's reader also ends a row at a bare ``\\r``, keeps
+    whitespace-only rows and drops a leading byte-order mark, so a block where that would
+    differ is rebuilt without its blank lines, and a line holding a bare ``\\r`` is rejected
+    (``bad_line``) instead of being read as two records. Invalid UTF-8 is replaced up front
+    (Arrow cannot report a malformed row holding it).
+    """
+
+    data: bytes
+    locate: Locator
+    rejects: list[Reject]
+
+    @property
+    def rows(self) -> int:
+        return count_lines(self.data)
+
+    def add_rejects(self, res: ParseResult) -> ParseResult:
+        """``res`` with the lines rejected up front added, in line order."""
+        if self.rejects:
+            res.rejects = sorted([*res.rejects, *self.rejects], key=lambda r: _line_no(r.source))
+            res.records_in += len(self.rejects)
+        return res
+
+
+def text_lines(block: bytes, source: str, first_line: int) -> TextLines:
+    """Split ``block`` into records the way :class:`TextLines` describes."""
+    if _plain_text(block):
+        return TextLines(_valid_utf8(block), line_locator(block, source, first_line), [])
+    kept: list[bytes] = []
+    numbers: list[int] = []
+    rejects: list[Reject] = []
+    for off, ln in enumerate(block.split(b"\n")):
+        if ln[-1:] == b"\r":
+            ln = ln[:-1]
+        if not ln.strip():
+            continue
+        if b"\r" in ln:
+            rejects.append(Reject(BAD_LINE, "a carriage return inside the line (lines end at a "
+                                  "line feed)", ln[:RAW_KEEP], f"{source}:{first_line + off}"))
+            continue
+        kept.append(ln)
+        numbers.append(first_line + off)
+    data = b"\n".join(kept)
+
+    def locate(row: int) -> tuple[str, bytes]:
+        if row >= len(kept):
+            return f"{source}:?", b""
+        return f"{source}:{numbers[row]}", kept[row][:RAW_KEEP]
+
+    # a leading empty line keeps a byte-order mark in the first row, as in the raw line
+    return TextLines(_valid_utf8(b"\n" + data if data[:3] == BOM else data), locate, rejects)
+
+
+def _plain_text(block: bytes) -> bool:
+    """Whether Arrow's rows are already the block's records (no rebuild needed)."""
+    if block[:3] == BOM or (b"\r" in block and block.count(b"\r") != block.count(b"\r\n")):
+        return False
+    return not (_SPACE_HEAD.match(block) or _SPACE_LINE.search(block))
+
+
+def _valid_utf8(data: bytes) -> bytes:
+    if data.isascii():
+        return data
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return data.decode("utf-8", "replace").encode()
+    return data
 
 
 _NON_SPACE = re.compile(rb"\S")
@@ -476,10 +569,13 @@ def bump(counters: dict[str, int], key: str, by: int) -> None:
 
 
 __all__ = [
+    "BAD_LINE",
+    "BOM",
     "Locator",
     "Path",
     "Prepared",
     "ShapeError",
+    "TextLines",
     "as_bool",
     "as_text",
     "bump",
@@ -506,5 +602,6 @@ __all__ = [
     "reject_all",
     "struct_child",
     "table_path",
+    "text_lines",
     "text_or_none",
 ]

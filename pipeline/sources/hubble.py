@@ -177,7 +177,7 @@ class HubbleParser(JsonLinesParser):
         return Prepared(
             out,
             n,
-            skip=other,
+            skips=[(other, "non_flow_event")],
             bad=[(~is_flow & ~other, "not_hubble",
                   "no 'flow' object: is this `hubble observe -o json` output?")],
         )

@@ -183,9 +183,10 @@ class JsonLinesParser:
                     odd_shapes.append((odd, "bad_type", f"'{where}' has an unexpected shape"))
             prep = self.prepare(cols, n)
             prep.bad = bad + odd_shapes + prep.bad
-            if prep.skip is not None and bad:
+            if prep.skips and bad:
                 # malformed lines are rejects, not skipped records
-                prep.skip = prep.skip & ~np.logical_or.reduce([b[0] for b in bad])
+                malformed = np.logical_or.reduce([b[0] for b in bad])
+                prep.skips = [(mask & ~malformed, why) for mask, why in prep.skips]
             return finish(prep, locate)
         except RECORD_ERRORS:
             self.counters.clear()

@@ -29,6 +29,7 @@ from pipeline.sources.columnar import (
     json_object,
     line_locator,
     map_distinct,
+    merge,
     num,
     text_or_none,
 )
@@ -94,10 +95,12 @@ class SuricataParser(JsonLinesParser):
             elif line.strip():
                 skipped += 1
         bump(self.counters, "skipped_event_type", skipped)
+        before = ParseResult(skipped={"non_flow_event": skipped} if skipped else {})
         if not kept:
-            return ParseResult()
+            return before
         sub = b"\n".join(kept)
-        return self.parse_json(sub, line_locator(sub, source, first_line, numbers))
+        return merge([before, self.parse_json(sub, line_locator(sub, source, first_line,
+                                                                  numbers))])
 
     def prepare(self, cols: dict[str, pa.Array | None], n: int) -> Prepared:
         event = text_or_none(cols["event_type"])
@@ -150,7 +153,7 @@ class SuricataParser(JsonLinesParser):
             ],
             n,
         )
-        return Prepared(out, n, skip=other, bad=bad)
+        return Prepared(out, n, skips=[(other, "non_flow_event")], bad=bad)
 
 
 def _hex_flags(arr: pa.Array | None, n: int) -> pa.Array | None:

@@ -30,6 +30,7 @@ from pipeline.sources.columnar import (
     Locator,
     Path,
     Prepared,
+    TextLines,
     bump,
     chunk,
     coalesce,
@@ -39,11 +40,11 @@ from pipeline.sources.columnar import (
     first_char,
     json_object,
     leading_line,
-    line_locator,
     map_distinct,
     merge,
     num,
     reject_all,
+    text_lines,
     text_or_none,
 )
 from pipeline.sources.jsonlines import JsonLinesParser
@@ -137,7 +138,8 @@ class ZeekParser:
             if start > pos:
                 results.append(self._segment(block[pos:start], source, line))
             line += block.count(b"\n", pos, start)  # now the directive's own line
-            self._directive(block[start:end].decode("utf-8", "replace").rstrip("\r"))
+            self._directive(block[start:end].decode("utf-8", "replace").removesuffix("\r"))
+            results.append(ParseResult(skipped={"header": 1}))
             pos = end + 1
             line += 1
         if pos < len(block):
@@ -172,27 +174,33 @@ class ZeekParser:
     def _segment(self, seg: bytes, source: str, first_line: int) -> ParseResult:
         if not first_char(seg):
             return ParseResult()
-        locate = line_locator(seg, source, first_line)
+        if self.fields is None and first_char(seg) == b"{":
+            return self._parse_json(seg, source, first_line)
+        lines = text_lines(seg, source, first_line)
+        return lines.add_rejects(self._records(lines))
+
+    def _records(self, lines: TextLines) -> ParseResult:
+        seg, locate = lines.data, lines.locate
+        if not first_char(seg):
+            return ParseResult()
         fields = self.fields
         if fields is None:
-            if first_char(seg) == b"{":
-                return self._parse_json(seg, source, first_line)
             first = leading_line(seg)
             fields = DEFAULT_LAYOUTS.get(first.count(self.separator.encode()) + 1)
             if fields is None:
-                rows = count_lines(seg)
+                rows = lines.rows
                 return ParseResult(rejects=reject_all(
                     rows, locate, "not_zeek",
                     "no #fields header and not the default conn.log columns: is this a Zeek "
                     "conn.log?"), records_in=rows)
         if self.path not in (None, "conn") or not {"ts", "id.orig_h", "id.resp_h"} <= set(fields):
-            rows = count_lines(seg)
+            rows = lines.rows
             return ParseResult(rejects=reject_all(
                 rows, locate, "not_zeek_conn",
                 f"Zeek log '{self.path}' has no ts/id.orig_h/id.resp_h: only conn.log is read"),
                 records_in=rows)
         if len(self.separator) != 1:
-            rows = count_lines(seg)
+            rows = lines.rows
             return ParseResult(rejects=reject_all(
                 rows, locate, "not_zeek", "multi-character #separator is not supported"),
                 records_in=rows)

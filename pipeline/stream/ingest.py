@@ -241,6 +241,8 @@ class IngestStage:
             self.next_offset[tp] = records[-1].offset + 1
             self.last_data[tp] = now
             self.metrics.records_in.labels("ingest", tp.topic).inc(block.records_in)
+            for why, k in block.skipped.items():
+                self.metrics.records_skipped.labels(why).inc(k)
             for rej in block.rejects:
                 out.dead.append(self._dead_letter(tp, rej))
             n = block.flows.num_rows

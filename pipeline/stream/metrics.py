@@ -18,7 +18,7 @@ from prometheus_client import (
     start_http_server,
 )
 
-from pipeline.core.columns import DEAD_LETTER_REASONS
+from pipeline.core.columns import DEAD_LETTER_REASONS, SKIP_REASONS
 from pipeline.storage.writer import WriterObserver
 
 _BATCH_BUCKETS = (1, 10, 100, 1_000, 5_000, 20_000, 50_000, 100_000, 250_000, 1_000_000)
@@ -54,6 +54,12 @@ class Metrics:
                                     ["reason"], registry=r)
         for reason in DEAD_LETTER_REASONS:
             self.dead_letters.labels(reason)
+        self.records_skipped = Counter(
+            "segflow_records_skipped",
+            "Raw input lines that are not flows (headers, NODATA, other events), by reason",
+            ["reason"], registry=r)
+        for reason in SKIP_REASONS:
+            self.records_skipped.labels(reason)
         self.inventory_rejects = Counter("segflow_inventory_rejects",
                                          "Inventory-topic records skipped as unreadable",
                                          registry=r)

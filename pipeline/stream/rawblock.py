@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from pipeline.core.columns import Reject, empty_flows
 from pipeline.sources import flatjson
-from pipeline.sources.base import BlockParser
+from pipeline.sources.base import BlockParser, ParseResult
 
 TOO_LARGE = "too_large"
 EMPTY = "empty_message"
@@ -43,7 +43,14 @@ class ParsedRaw:
     flows: pa.Table = field(default_factory=empty_flows)
     offsets: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     rejects: list[RawReject] = field(default_factory=list)
-    records_in: int = 0
+    records_in: int = 0  # flows + rejects
+    skipped: dict[str, int] = field(default_factory=dict)  # lines that are not flows, by reason
+
+    def count(self, result: ParseResult) -> None:
+        """Add a parser result's record and skip counts."""
+        self.records_in += result.records_in
+        for why, k in result.skipped.items():
+            self.skipped[why] = self.skipped.get(why, 0) + k
 
 
 def _reject_line(r: Reject) -> int | None:
@@ -67,8 +74,7 @@ def parse_messages(
         bulk = _plain_block(values, offsets, max_record_bytes)
         if bulk is not None:
             block, line_offsets = bulk
-            return _parse_block(parser, block, line_offsets,
-                                ParsedRaw(records_in=len(line_offsets)))
+            return _parse_block(parser, block, line_offsets, ParsedRaw())
     chunks: list[bytes] = []  # runs of whole, non-empty lines
     chunk_offsets: list[int] = []
     chunk_lines: list[int] = []
@@ -95,7 +101,7 @@ def parse_messages(
             chunks.append(line)
             chunk_offsets.append(off)
             chunk_lines.append(1)
-    out.records_in = len(out.rejects) + sum(chunk_lines)
+    out.records_in = len(out.rejects)
     if not chunks:
         return out
     line_offsets = np.repeat(np.asarray(chunk_offsets, dtype=np.int64), chunk_lines)
@@ -146,13 +152,15 @@ def _parse_block(parser: BlockParser, block: bytes, line_offsets: np.ndarray,
             return _by_message(parser, block.split(b"\n"), line_offsets.tolist(), out)
         good[i] = False
         mapped.append((i, r))
-    if int(good.sum()) != result.flows.num_rows:
+    if int(good.sum()) != result.flows.num_rows:  # skipped or blank lines: which ones?
         return _by_message(parser, block.split(b"\n"), line_offsets.tolist(), out)
+    out.count(result)
     out.flows = result.flows
     out.offsets = line_offsets[good]
     if mapped:
         lines = block.split(b"\n")
-        out.rejects.extend(RawReject(r, int(line_offsets[i]), lines[i]) for i, r in mapped)
+        out.rejects.extend(RawReject(r, int(line_offsets[i]), lines[i].removesuffix(b"\r"))
+                           for i, r in mapped)
     return out
 
 
@@ -165,10 +173,12 @@ def _by_message(
     for off, group in groupby(zip(line_offsets, lines, strict=True), key=itemgetter(0)):
         value = b"\n".join(line for _, line in group)
         result = parser.parse(value, "", 0)
+        out.count(result)
         out.rejects.extend(RawReject(r, off, r.raw) for r in result.rejects)
         if not result.flows.num_rows and not result.rejects and value.isspace():
             out.rejects.append(RawReject(Reject(EMPTY, "the message holds no record", value),
                                          off, value))
+            out.records_in += 1
         if result.flows.num_rows:
             tables.append(result.flows)
             offs.append(np.full(result.flows.num_rows, off, dtype=np.int64))
@@ -194,9 +204,10 @@ def _documents(
         if not value or value.isspace():
             out.rejects.append(RawReject(Reject(EMPTY, "the message holds no document", b""),
                                          off, b""))
+            out.records_in += 1
             continue
         result = parser.parse(value, "", 0)
-        out.records_in += result.records_in
+        out.count(result)
         out.rejects.extend(RawReject(r, off, r.raw) for r in result.rejects)
         if result.flows.num_rows:
             tables.append(result.flows)

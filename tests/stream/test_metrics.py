@@ -16,7 +16,7 @@ from pipeline.stream.metrics import Metrics
 REPO = Path(__file__).resolve().parents[2]
 SNAKE = re.compile(r"^[a-z]+(_[a-z0-9]+)+$")
 # calls whose argument at this position is a reject reason
-REASON_ARG = {"Reject": 0, "RowError": 1, "flag": 1, "reject_all": 2}
+REASON_ARG = {"Reject": 0, "RowError": 1, "flag": 1, "reject_all": 2, "finish_csv": 4}
 
 
 def _samples(m: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
