@@ -207,6 +207,7 @@ class ViolationWindows:
     targets_: dict[tuple[int, float], dict[tuple[int, int, int], Rank]]  # (client, window)
     dirty_: set[Key]  # open windows changed since their last emission
     _cross: dict[tuple[int, float], Rank]  # cached crossing target rank per client window
+    _oldest: float  # the oldest open window's start (closing scans nothing before it)
     _pending_forced: list[Agg]  # closed by the bound, not taken yet (empty between batches)
 
     def __init__(
@@ -238,6 +239,7 @@ class ViolationWindows:
         self.recent_ = OrderedDict()
         self.targets_ = {}
         self.dirty_ = set()
+        self._oldest = float("inf")
         self._cross = {}
         self._pending_forced = []
 
@@ -268,6 +270,7 @@ class ViolationWindows:
         for d in state["open"]:
             a = Agg(**d)
             w.open_[a.key()] = a
+        w._oldest = min((k[5] for k in w.open_), default=float("inf"))
         for d in state.get("recent", []):
             a = Agg(**d)
             w.recent_[a.key()] = a
@@ -319,6 +322,7 @@ class ViolationWindows:
                 else:
                     agg = Agg(TYPES[t], cl, sv, port, proto, float(w))
                 self.open_[key] = agg
+                self._oldest = min(self._oldest, key[5])
             lo, hi = bounds[gi], bounds[gi + 1]
             members = order[lo:hi]
             grp = _Group(int(count[gi]), int(nbytes[gi]), int(rejected[gi]), float(first[gi]),
@@ -388,6 +392,7 @@ class ViolationWindows:
                 scan = Agg(SCAN, member.client, -1, 0, member.proto, member.window)
                 scan.extra = {"targets": 0, "ports": [], "servers": []}
             self.open_[key] = scan
+            self._oldest = min(self._oldest, key[5])
         self.dirty_.add(key)
         tmap = self.targets_.get((member.client, member.window))
         scan.extra["targets"] = max(int(scan.extra["targets"]), len(tmap) if tmap else 0)
@@ -446,11 +451,15 @@ class ViolationWindows:
         every window that closes with changes not yet emitted."""
         self._allocate()
         limit = float("inf") if everything else self.watermark_ - self.window
-        return self._emit(limit, everything)
+        out = self._emit(limit, everything)
+        if len(self.open_) > self.max_open:  # scans this drain opened
+            self._force_close()
+            out += self.take_forced()
+        return out
 
     def _emit(self, limit: float, everything: bool) -> list[Agg]:
         """Fold due targets, emit (snapshots), close windows starting at or before ``limit``."""
-        if not self.dirty_ and not any(k[5] <= limit for k in self.open_):
+        if not self.dirty_ and limit < self._oldest:
             return []
         wd = float("inf") if everything else self.detect_watermark_
         due = [k for k in self.dirty_ if self.open_[k].first < wd or k[5] <= limit]
@@ -472,14 +481,16 @@ class ViolationWindows:
                 a.emitted = a.count
                 out.append(a.copy())
                 self.dirty_.discard(k)
-        for k in [k for k in self.open_ if k[5] <= limit]:
-            a = self.open_.pop(k)
-            self.recent_[k] = a
-            if len(self.recent_) > self.max_open:
-                self.recent_.popitem(last=False)
-        for tk in [tk for tk in self.targets_ if tk[1] <= limit]:
-            del self.targets_[tk]
-            self._cross.pop(tk, None)
+        if limit >= self._oldest:
+            for k in [k for k in self.open_ if k[5] <= limit]:
+                a = self.open_.pop(k)
+                self.recent_[k] = a
+                if len(self.recent_) > self.max_open:
+                    self.recent_.popitem(last=False)
+            self._oldest = min((k[5] for k in self.open_), default=float("inf"))
+            for tk in [tk for tk in self.targets_ if tk[1] <= limit]:
+                del self.targets_[tk]
+                self._cross.pop(tk, None)
         # event-time and address order, never process-local workload ids, so every process
         # emits events in the same order
         out.sort(key=lambda a: (a.first, _TYPE_CODE[a.type], a.port, a.proto, a.server_ips[:1],

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,6 +96,7 @@ class PartitionState:
     held_events: list[dict[str, Any]] = field(default_factory=list)  # new_edge, in order
     services: ServiceDirectory | None = field(default=None, repr=False)  # not snapshotted
     _reported: set[float] = field(default_factory=set, init=False, repr=False)  # warned of
+    _held_at: dict[str, int] | None = field(default=None, init=False, repr=False)  # id → index
 
     def apply(self, offset: int, batch: FlowBatch) -> Step:
         """Apply internal message ``offset`` (must be newer than :attr:`offset`)."""
@@ -149,12 +151,13 @@ class PartitionState:
         if not self.held_events and not any(is_new_edge(e) for e in events):
             return events
         out = [e for e in events if not is_new_edge(e)]
-        self.held_events.extend(e for e in events if is_new_edge(e))
+        self._hold_events(e for e in events if is_new_edge(e))
         if d.complete:
             out.extend(self.release())
         elif len(self.held_events) > MAX_HELD_EVENTS:
             n = len(self.held_events) - MAX_HELD_EVENTS
             early, self.held_events = self.held_events[:n], self.held_events[n:]
+            self._held_at = None
             out.extend(d.complete_event(e) for e in early)
             step.incomplete = n
             log.warning("partition %d: more than %d new_edge events wait for the service maps "
@@ -162,12 +165,26 @@ class PartitionState:
                         self.partition, MAX_HELD_EVENTS, d.missing(), n)
         return out
 
+    def _hold_events(self, events: Iterable[dict[str, Any]]) -> None:
+        """Hold ``events`` after those held before; a newer version of a held id replaces
+        it in place (the topic gets its latest version on release)."""
+        if self._held_at is None:
+            self._held_at = {e["id"]: i for i, e in enumerate(self.held_events)}
+        for e in events:
+            i = self._held_at.get(e["id"])
+            if i is None:
+                self._held_at[e["id"]] = len(self.held_events)
+                self.held_events.append(e)
+            elif e["version"] >= self.held_events[i]["version"]:
+                self.held_events[i] = e
+
     def release(self) -> list[dict[str, Any]]:
         """The held new_edge events, completed, once every partition's map is known."""
         d = self.services
         if d is None or not self.held_events or not d.complete:
             return []
         held, self.held_events = self.held_events, []
+        self._held_at = None
         return [d.complete_event(e) for e in held]
 
     @property

@@ -16,6 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.core.detect import (
+    _PORTS_MAX,
+    _TARGETS_MAX,
     NEW_EDGE,
     NEW_PORT,
     OFF_HOURS,
@@ -204,6 +206,29 @@ def test_the_bound_on_open_windows_closes_the_oldest_first() -> None:
     assert max(a.window for a in forced) < min(k[5] for k in w.open_)
     assert w.take_forced() == []
     assert len(w.recent_) <= 4
+
+
+def test_a_scan_flood_stays_within_the_bounds_and_loses_no_flow() -> None:
+    """12,000 targets in 10 minutes, at most 1,000 open windows: the oldest close early
+    (their current totals emitted), the scan reopens from the recently closed ones, every
+    flow is counted once in the final versions."""
+    w = ViolationWindows(window=H, max_open=1000, scan_threshold=20)
+    flows = [C(NEW_EDGE, 7, 100 + i, i % 60_000 + 1, W0 + i * 0.05,
+               server_ip=f"10.{i // 65536}.{i // 256 % 256}.{i % 256}") for i in range(12_000)]
+    out: list[Agg] = []
+    for lo in range(0, len(flows), 500):
+        batch = flows[lo:lo + 500]
+        w.add(cands(batch))
+        w.advance(batch[-1].start)
+        out += w.take_forced() + w.close()
+        assert len(w) <= 1000 and len(w.recent_) <= 1000
+        assert all(len(t) <= _TARGETS_MAX for t in w.targets_.values())
+    out += w.close(everything=True)
+    final = finals(out)
+    assert w.forced_closes_ > 0 and sum(a.count for a in final.values()) == 12_000
+    [scan] = [a for a in final.values() if a.type == SCAN]
+    assert len(scan.extra["ports"]) <= _PORTS_MAX and len(scan.extra["servers"]) <= _TARGETS_MAX
+    assert len(scan.client_ips) <= SAMPLE and len(scan.server_ips) <= SAMPLE
 
 
 def test_address_samples_are_the_earliest_whatever_the_batches_and_their_order() -> None:

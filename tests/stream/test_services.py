@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 
 from pipeline.core.baseline import DAY
-from pipeline.core.pipeline import SERVICE_CLIENTS_MAX, Pipeline
+from pipeline.core.pipeline import SERVICE_CLIENTS_MAX, BatchOutput, Pipeline
 from pipeline.core.settings import CoreSettings
 from pipeline.stream import partition as partition_mod
 from pipeline.stream import services as services_mod
 from pipeline.stream.flowbatch import decode, encode
 from pipeline.stream.outputs import latest_by_id
-from pipeline.stream.partition import PartitionState
+from pipeline.stream.partition import PartitionState, Step
 from pipeline.stream.services import (
     ServiceDirectory,
     map_records,
@@ -223,3 +223,24 @@ def test_map_records_are_chunked_and_reassembled(monkeypatch: pytest.MonkeyPatch
     assert parse_map_record(b"audit-start/x", b"{}") is None
     assert parse_map_record(b"service-clients/0/0", b"nope") is None
     assert parse_map_record(b"service-clients/0/0", None) is None
+
+
+def test_a_held_new_edge_keeps_only_its_latest_version() -> None:
+    """Updates of a held new_edge (first flow, then its count doubling) replace it in place:
+    the hold grows with ids, not versions."""
+    state = PartitionState(0, Pipeline(SETTINGS, make_inventory(INVENTORY)), "flows/0",
+                           services=ServiceDirectory(PARTS))
+
+    def ev(vid: str, version: int) -> dict[str, Any]:
+        return {"id": vid, "type": "new_edge", "version": version}
+
+    scan = {"id": "v-s", "type": "scan", "version": 1}
+    out = state._complete([ev("v-1", 1), ev("v-2", 1), scan, ev("v-1", 2)], Step(BatchOutput()))
+    assert out == [scan]  # only new_edge events wait
+    state._complete([ev("v-1", 4), ev("v-2", 1), ev("v-3", 1)], Step(BatchOutput()))
+    state._complete([ev("v-1", 3)], Step(BatchOutput()))  # an older version changes nothing
+    assert state.held_events == [ev("v-1", 4), ev("v-2", 1), ev("v-3", 1)]
+    restored = PartitionState.from_bytes(state.to_bytes(), SETTINGS, make_inventory(INVENTORY))
+    restored.services = ServiceDirectory(PARTS)
+    restored._complete([ev("v-2", 8)], Step(BatchOutput()))
+    assert restored.held_events == [ev("v-1", 4), ev("v-2", 8), ev("v-3", 1)]
