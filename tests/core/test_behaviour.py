@@ -6,17 +6,29 @@ import numpy as np
 import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from pipeline.core.behaviour import FEATURES, BehaviourModel, row_hash, window_features
+from pipeline.core.behaviour import (
+    FEATURES,
+    PIPELINE_PARAMS,
+    BehaviourModel,
+    row_hash,
+    window_features,
+)
 
-# No check is expected to fail: the estimator is a plain outlier detector on a numeric X
-# (``apps`` is an optional keyword; without it every row belongs to one app).
-EXPECTED_FAILED: dict[str, str] = {}
+# With default parameters no check is expected to fail: the estimator is a plain outlier
+# detector on a numeric X (``apps`` is an optional keyword; without it every row belongs to
+# one app). The pipeline's parameters add a floor under the threshold (``min_deviation``):
+# then fewer training windows than ``contamination`` may be outliers, by design.
+FLOOR_FAILS = {
+    "check_outliers_fit_predict": "min_deviation: fewer outliers than contamination",
+    "check_outliers_train": "min_deviation: fewer outliers than contamination",
+}
 
 
 @parametrize_with_checks(
     [BehaviourModel("iforest", n_estimators=10), BehaviourModel("lof"),
-     BehaviourModel("robust_z")],
-    expected_failed_checks=lambda est: EXPECTED_FAILED)
+     BehaviourModel("robust_z"), BehaviourModel("robust_z", per_app=True),
+     BehaviourModel(**{**PIPELINE_PARAMS, "one_sided": (0, 1)})],
+    expected_failed_checks=lambda est: FLOOR_FAILS if est.min_deviation > 0 else {})
 def test_sklearn_checks(estimator: BehaviourModel, check) -> None:  # type: ignore[no-untyped-def]
     check(estimator)
 
@@ -120,3 +132,93 @@ def test_row_hash_is_content_only() -> None:
     assert h[0] == h[1] != h[2]
     assert row_hash(X[:1], np.array(["b"]))[0] != h[0]
     assert row_hash(X[::-1], np.array(["a"] * 3)).tolist() == h[::-1].tolist()
+
+
+def test_per_app_models_do_not_depend_on_other_apps() -> None:
+    """A streaming partition sees some apps only; with ``per_app`` its model scores them
+    exactly as a model fitted on every app does (reservoir bound per app included)."""
+    rng = np.random.default_rng(7)
+    ws = [_windows(rng, 300, f"ns/app{i}", float(1 + i)) for i in range(4)]
+    X, apps = window_features(_concat(*ws))
+    probe, papps = X * 1.3, apps
+    for scorer in ("robust_z", "iforest"):
+        every = BehaviourModel(scorer, per_app=True, max_windows=200, n_estimators=20)
+        every.fit(X, apps=apps)
+        assert len(every.reservoir_X_) == 4 * 200
+        some = np.isin(apps, ["ns/app1", "ns/app3"])
+        part = BehaviourModel(scorer, per_app=True, max_windows=200, n_estimators=20)
+        for rows in np.array_split(np.flatnonzero(some)[::-1], 5):  # collected in batches
+            part.collect(X[rows], apps=apps[rows])
+        part.fit_collected()
+        m = np.isin(papps, ["ns/app1", "ns/app3"])
+        assert np.array_equal(part.score_samples(probe[m], papps[m]),
+                              every.score_samples(probe[m], papps[m]))
+        # an app without its own normalisation gets no opinion (score 0: not an outlier)
+        assert part.score_samples(probe[~m][:5], papps[~m][:5]).tolist() == [0.0] * 5
+        assert (every.predict(X, apps) == -1).mean() == pytest.approx(0.01, abs=0.01)
+    with pytest.raises(ValueError, match="nothing to fit"):
+        BehaviourModel().fit_collected()
+
+
+def _host_windows(rng: np.random.Generator, hosts: int, hours: int, t0: float,
+                  audit: bool) -> dict[str, np.ndarray]:
+    """Closed host windows as the per-host accumulator gives them (app = workload id)."""
+    n = hosts * hours
+    w = _windows(rng, n, "unused", 1.0)
+    w["window"] = t0 + 3600.0 * np.repeat(np.arange(hours), hosts)
+    w["app"] = np.tile(np.arange(hosts) % 2, hours).astype(np.int64)  # two apps
+    w["src_ip"] = np.array([f"10.0.0.{h}" for h in np.tile(np.arange(hosts), hours)],
+                           dtype=object)
+    w["audit"] = np.full(n, audit)
+    return w
+
+
+def test_gate_corroborates_rule_signals_only() -> None:
+    from pipeline.core.behaviour import BehaviourGate
+
+    rng = np.random.default_rng(11)
+    keys = ["corp/ws", "corp/srv"].__getitem__
+    t0 = 1_767_571_200.0
+    g = BehaviourGate(window=3600.0, type_code=9)
+    assert g.step(_host_windows(rng, 20, 48, t0, True), keys) is None
+    assert not g.fitted and g.counts_["audit_windows"] == 960
+    after = _host_windows(rng, 20, 1, t0 + 48 * 3600, False)
+    after["peers"][[3, 4]] = 80  # two hosts fan out; only host 3 also has a rule signal
+    g.note(np.array([0, 1]), np.array([t0 + 48 * 3600 + 120.0, t0 + 48 * 3600 + 60.0]),
+           ["10.0.0.3", "10.0.0.3"], np.array([1, 1]), np.array([445, 139]),
+           np.array([6, 6]), ["10.0.0.9", "10.0.0.9"])
+    g.note(np.array([0]), np.array([t0 + 3600.0]), ["10.0.0.4"], np.array([1]),
+           np.array([445]), np.array([6]), ["10.0.0.9"])  # another window: no help
+    out = g.step(after, keys)
+    assert g.fitted and out is not None
+    assert out["client_ip"] == ["10.0.0.3"] and out["rows"].tolist() == [3]
+    # the host's first rule signal in the window gives the edge and the time
+    assert out["start"].tolist() == [t0 + 48 * 3600 + 60.0] and out["port"].tolist() == [139]
+    ex = out["extra"][0]
+    assert ex["drivers"][0]["name"] == "peers" and ex["drivers"][0]["value"] == 80
+    assert ex["model_score"] < 0 and ex["host"] == "10.0.0.3"
+    assert g.counts_["anomalous"] >= 2 and g.counts_["corroborated"] == 1
+    # signals of windows older than the ones just closed are forgotten
+    assert list(g.signals_) == [("10.0.0.3", t0 + 48 * 3600)]
+
+
+def test_gate_state_round_trip_equals_uninterrupted() -> None:
+    from pipeline.core.behaviour import BehaviourGate
+
+    keys = ["corp/ws", "corp/srv"].__getitem__
+    t0 = 1_767_571_200.0
+    audit = _host_windows(np.random.default_rng(12), 10, 30, t0, True)
+    after = _host_windows(np.random.default_rng(13), 10, 1, t0 + 30 * 3600, False)
+    after["peers"][:] = 90
+    sig = (np.array([0]), np.array([t0 + 30 * 3600 + 5]), ["10.0.0.1"], np.array([1]),
+           np.array([22]), np.array([6]), ["10.0.0.8"])
+    outs = []
+    for restart in (False, True):
+        g = BehaviourGate(window=3600.0, type_code=9)
+        g.step(audit, keys)
+        g.note(*sig)
+        if restart:
+            g = BehaviourGate.from_state(g.state(), window=3600.0, type_code=9)
+        outs.append(g.step(after, keys))
+    assert outs[0] is not None and outs[1] is not None
+    assert outs[0]["extra"] == outs[1]["extra"] and outs[0]["client_ip"] == ["10.0.0.1"]
