@@ -35,7 +35,8 @@ DEPLOY = REPO / "deploy"
 COMPOSE_FILE = REPO / "docker-compose.yml"
 DASHBOARDS = sorted((DEPLOY / "grafana" / "dashboards").glob("*.json"))
 CH_TYPE = "grafana-clickhouse-datasource"
-REPLACING_TABLES = ("edge_minute", "violations", "candidate_rules", "incidents")
+REPLACING_TABLES = ("edge_minute", "violations", "candidate_rules", "incidents",
+                    "app_readiness")
 
 # -- compose helpers ---------------------------------------------------------------------
 
@@ -699,10 +700,30 @@ def _rule(n: int, app: str, direction: str, peer: dict[str, Any], port: int, con
     }
 
 
+def _readiness() -> pa.Table:
+    """app_readiness rows: one audit day, two sources for shop/api (summed by the panels)."""
+    from pipeline.core.records import APP_READINESS
+
+    rows = [("shop", "api", "p0", 3), ("shop", "api", "p1", 1), ("shop", "web", "p0", 0),
+            ("payments", "ledger", "p1", 2)]
+    n = len(rows)
+    ts = pa.timestamp("s", tz="UTC")
+    return APP_READINESS.table_of({
+        "namespace": pa.array([r[0] for r in rows]), "app": pa.array([r[1] for r in rows]),
+        "day": pa.array([int(T0)] * n, ts), "source": pa.array([r[2] for r in rows]),
+        "new_edges": pa.array([r[3] for r in rows], pa.uint32()),
+        "edges": pa.array([r[3] for r in rows], pa.uint32()),
+        "audit_start": pa.array([int(T0)] * n, ts),
+        "audit_end": pa.array([int(T0) + 86400] * n, ts),
+        "max_new_edges": pa.array([1] * n, pa.uint32()),
+        "quiet_days_needed": pa.array([1] * n, pa.uint16()),
+        "version": pa.array([1] * n, pa.uint64())})
+
+
 def _rules() -> list[dict[str, Any]]:
     w = lambda ns, app: {"kind": "workload", "namespace": ns, "app": app}  # noqa: E731
     return [
-        _rule(1, "shop/api", "ingress", w("shop", "web"), 8080, 0.95),
+        {**_rule(1, "shop/api", "ingress", w("shop", "web"), 8080, 0.95), "provisional": True},
         _rule(2, "shop/api", "egress", w("payments", "ledger"), 5432, 0.9, "accepted"),
         _rule(3, "payments/ledger", "ingress", w("shop", "api"), 5432, 0.55, days=3),
         _rule(4, "shop/web", "egress", {"kind": "cidr", "cidr": "10.20.0.0/16", "except": []},
@@ -755,6 +776,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
         s.write_events("rule_status", _decisions())
         s.write_events("simulation_results", _simulation())
         s.write_events("incidents", _incidents())
+        s.write_app_readiness(_readiness())
         yield s
 
 

@@ -40,7 +40,8 @@ def test_findings_carry_the_event(replayed):
     events, findings = replayed
     for e, f in zip(events, findings, strict=True):
         assert f["finding_info"]["uid"] == e["id"]
-        assert f["finding_info"]["types"] == [e["type"]]
+        assert f["finding_info"]["types"] == [e["type"]] + (
+            ["audit_finding"] if e["mode"] == "audit" else [])
         assert f["finding_info"]["desc"] == e["reason"] == f["message"]
         assert f["risk_score"] == e["severity"]["score"]
         assert f["severity"].lower() == e["severity"]["label"]
@@ -123,3 +124,20 @@ def test_the_violations_topic_carries_ocsf(kafka_topic, kafka_bootstrap, replaye
     got = asyncio.run(run())
     assert [g["finding_info"]["uid"] for g in got] == [e["id"] for e in events[:3]]
     assert all(validate(g) == [] for g in got)
+
+
+def test_audit_findings_and_provisional_edges_are_valid_ocsf(replayed):
+    """The audit's own kinds: a scan found during the audit (mode audit) and a flow on a
+    provisional edge."""
+    events, _ = replayed
+    base = copy.deepcopy(events[0])
+    audit = {**base, "type": "scan", "mode": "audit", "detector": "audit"}
+    weak = {**base, "type": "provisional_edge",
+            "evidence": {"expected": {"min_days": 3, "min_flows": 3},
+                         "seen": {"audit_days": 1, "audit_flows": 2}}}
+    for e in (audit, weak):
+        f = to_ocsf(e)
+        assert validate(f) == [], f
+        assert f["unmapped"]["segflow"]["mode"] == e["mode"]
+    assert to_ocsf(audit)["finding_info"]["types"] == ["scan", "audit_finding"]
+    assert to_ocsf(weak)["finding_info"]["types"] == ["provisional_edge"]

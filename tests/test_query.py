@@ -136,3 +136,21 @@ def test_table_output_escapes_control_characters():
 def test_missing_store_is_one_line(tmp_path: Path):
     r = segflow("query", "edges", "--store", f"chdb://{tmp_path / 'nothing'}")
     assert r.returncode == 2 and "no store at" in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+def test_readiness_view_equals_the_replay_summary(stored):
+    """The ``readiness`` view (SQL over app_readiness) computes what the core's
+    :func:`~pipeline.core.audit.readiness` does on the same rows."""
+    summary, url = stored
+    with open_store(url) as store:
+        rows = run_view(store, "readiness", QueryFilter(limit=1_000_000)).to_pylist()
+    assert rows and len(rows) == len(summary.readiness)
+    mine = {r.key: r for r in summary.readiness}
+    for row in rows:
+        r = mine[f"{row['namespace']}/{row['app']}" if row["namespace"] else row["app"]]
+        assert (row["edges"], row["quiet_days"], bool(row["ready"]),
+                list(row["new_edges_per_day"])) == (
+            r.edges, r.quiet_days, r.ready, list(r.new_edges_per_day)), r.key
+        since = row["ready_since"]  # DateTime: epoch seconds in Arrow
+        assert (float(since) if since is not None else None) == r.ready_since
+    assert [bool(r["ready"]) for r in rows] == sorted(bool(r["ready"]) for r in rows)

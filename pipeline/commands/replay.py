@@ -32,11 +32,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.commands.progress import DEFAULT_EVERY, Progress
+from pipeline.core.audit import AppReadiness, readiness
 from pipeline.core.columns import Reject
 from pipeline.core.inventory import Inventory
 from pipeline.core.normalize import shifted
 from pipeline.core.ocsf import violation_formatter
 from pipeline.core.pipeline import BatchOutput, Pipeline
+from pipeline.core.records import APP_READINESS
 from pipeline.core.settings import CoreSettings
 from pipeline.errors import InputError, StorageError
 from pipeline.sources import ALIASES, detect_format, get_parser
@@ -83,6 +85,12 @@ class ReplaySummary:
     unidentified_flows: int = 0  # flows with an internal end nothing named (unknown:<ip>)
     empty_files: list[Path] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    data_start: float | None = None  # the earliest and latest accepted flow start
+    data_end: float | None = None
+    provisional_edges: int = 0  # learned but too weakly to trust: no allow rule
+    audit_findings: int = 0  # e.g. scans during the audit (violations with mode audit)
+    readiness: list[AppReadiness] = field(default_factory=list)
+    audit_warnings: list[str] = field(default_factory=list)  # the audit left little to check
 
     @property
     def flows_per_second(self) -> float:
@@ -250,8 +258,11 @@ def replay(
     dead = outputs.dead_letter(dead_letter_path) if dead_letter_path else None
 
     latest: dict[str, dict[str, Any]] = {}  # violation id → its highest version so far
+    ready_rows: list[pa.Table] = []
 
     def take(out: BatchOutput) -> None:
+        if out.readiness.num_rows:
+            ready_rows.append(out.readiness)
         summary.violation_versions += len(out.violations)
         for v in out.violations:
             old = latest.get(v["id"])
@@ -266,7 +277,8 @@ def replay(
         if out.edge_minutes.num_rows:
             summary.unidentified_flows += _unidentified(out.edge_minutes)
         if writer is not None:
-            writer.add(out.edge_minutes, out.violations, out.rules, incidents=out.incidents)
+            writer.add(out.edge_minutes, out.violations, out.rules, incidents=out.incidents,
+                       readiness=out.readiness)
         if rule_out and out.rules:
             rule_out.write(out.rules)
         if inc_out and out.incidents:
@@ -305,6 +317,10 @@ def replay(
                                    block=content_block(result.content_key),
                                    version=result.flows.num_rows)
                 summary.flows += result.flows.num_rows
+                if result.flows.num_rows:
+                    lo_hi = pc.min_max(result.flows.column("start")).as_py()
+                    summary.data_start = min(lo_hi["min"], summary.data_start or lo_hi["min"])
+                    summary.data_end = max(lo_hi["max"], summary.data_end or lo_hi["max"])
                 take(out)
                 newest = (pc.max(result.flows.column("start")).as_py()
                           if result.flows.num_rows else None)
@@ -335,6 +351,13 @@ def replay(
     summary.audit_start = core.audit_start
     summary.audit_end = core.audit_end
     summary.saturated_workloads = len(core.baseline.saturated_)
+    summary.provisional_edges = int((~core.trusted()).sum())
+    summary.audit_findings = core.counts["audit_findings"]
+    summary.readiness = readiness(pa.concat_tables(ready_rows) if ready_rows
+                                  else APP_READINESS.schema.empty_table())
+    for message in audit_warnings(summary, settings.audit_days):
+        summary.audit_warnings.append(message)
+        warning(message)
     if baseline_dir is not None:
         from pipeline.storage.artifacts import baseline_files
 
@@ -355,6 +378,28 @@ def replay(
     return summary
 
 
+NEARLY_ALL = 0.9  # an audit over this share of the data's time span leaves too little checked
+
+
+def audit_warnings(s: ReplaySummary, audit_days: float) -> list[str]:
+    """What to say loudly when the audit left (almost) nothing to check: it covers all or
+    nearly all of the data's time span, or no flow was checked after it."""
+    if not s.flows or s.data_start is None or s.data_end is None or s.audit_end is None:
+        return []
+    span = max(s.data_end - s.data_start, 1.0)
+    days = span / 86400
+    covered = min(1.0, max(0.0, (s.audit_end - s.data_start) / span))
+    if s.enforce_flows == 0:
+        return [f"NO FLOW WAS CHECKED AFTER THE AUDIT: the {audit_days:g}-day audit covers all "
+                f"of the data ({days:.1f} days), so nothing could be alerted; pass a shorter "
+                "--audit-days or more data"]
+    if covered >= NEARLY_ALL:
+        return [f"THE AUDIT COVERS {covered:.0%} OF THE DATA: the {audit_days:g}-day audit "
+                f"leaves {s.enforce_flows:,} of {s.flows:,} flows ({days * (1 - covered):.1f} of "
+                f"{days:.1f} days) to check; pass a shorter --audit-days or more data"]
+    return []
+
+
 def content_seed(fmt: str, format_options: dict[str, Any] | None) -> bytes:
     """What, besides the bytes, decides which flows a file yields: its format and options."""
     return orjson.dumps({"format": fmt, "options": format_options or {}},
@@ -372,8 +417,8 @@ def content_block(key: bytes) -> int:
     return int.from_bytes(key[:8], "big")
 
 
-__all__ = ["ReplaySummary", "content_block", "content_seed", "content_source_id", "replay",
-           "resolve_format"]
+__all__ = ["ReplaySummary", "audit_warnings", "content_block", "content_seed",
+           "content_source_id", "replay", "resolve_format"]
 
 
 def _version() -> str:

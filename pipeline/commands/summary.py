@@ -36,6 +36,18 @@ def identity_text(s: ReplaySummary) -> str:
     return "; ".join(parts)
 
 
+def readiness_text(s: ReplaySummary) -> str:
+    """How many apps are ready to enforce, and the least settled of the others."""
+    ready = [r for r in s.readiness if r.ready]
+    waiting = sorted((r for r in s.readiness if not r.ready), key=lambda r: (r.quiet_days, r.key))
+    text = f"{len(ready):,} of {len(s.readiness):,} apps ready to enforce"
+    if waiting:
+        text += "; not yet: " + ", ".join(
+            f"{r.key} ({r.quiet_days} quiet day(s))" for r in waiting[:3]) + (
+            f" and {len(waiting) - 3:,} more" if len(waiting) > 3 else "")
+    return text
+
+
 def print_replay_summary(
     s: ReplaySummary,
     *,
@@ -72,6 +84,16 @@ def print_replay_summary(
     if s.local_scope_flows:
         print(_line("local scope", f"{s.local_scope_flows:,} broadcast/multicast/link-local flows "
                                    "(aggregated; not learned, not alerted)"))
+    if s.provisional_edges or s.audit_findings:
+        _say(_line("audit trust", f"{s.edges - s.provisional_edges:,} edges trusted, "
+                                  f"{s.provisional_edges:,} provisional (too few days or flows: "
+                                  "no allow rule, listed for review, alerted if they recur)"
+                   + (f"; {s.audit_findings:,} audit finding(s) (scans …) not learned"
+                      if s.audit_findings else "")))
+    if s.readiness:
+        _say(_line("readiness", readiness_text(s)))
+    for message in s.audit_warnings:
+        _say(_line("WARNING", message))
     if s.late_audit_flows:
         _say(_line("WARNING", f"{s.late_audit_flows:,} audit-phase flows arrived after the audit "
                                "ended and were not learned: pass files in time order"))
@@ -129,4 +151,4 @@ def print_replay_summary(
             _say(_line(name, f"{path}{extra}"))
 
 
-__all__ = ["identity_text", "print_replay_summary"]
+__all__ = ["identity_text", "print_replay_summary", "readiness_text"]

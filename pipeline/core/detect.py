@@ -57,7 +57,9 @@ FAN_OUT = "fan_out"
 FAILED = "failed_connections"
 HOST_VOLUME = "host_volume"
 BEACON = "beacon"
-TYPES = (NEW_EDGE, NEW_PORT, SCAN, VOLUME, OFF_HOURS, FAN_OUT, FAILED, HOST_VOLUME, BEACON)
+PROVISIONAL_EDGE = "provisional_edge"  # a flow on an edge the audit saw too little to trust
+TYPES = (NEW_EDGE, NEW_PORT, SCAN, VOLUME, OFF_HOURS, FAN_OUT, FAILED, HOST_VOLUME, BEACON,
+         PROVISIONAL_EDGE)
 _TYPE_CODE = {t: i for i, t in enumerate(TYPES)}
 SAMPLE = 8  # addresses kept as evidence per event
 _TARGETS_MAX = 4096  # distinct targets ranked per client window (and servers per scan)
@@ -527,6 +529,7 @@ __all__ = [
     "NEW_EDGE",
     "NEW_PORT",
     "OFF_HOURS",
+    "PROVISIONAL_EDGE",
     "SCAN",
     "TYPES",
     "VOLUME",

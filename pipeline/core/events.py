@@ -21,6 +21,7 @@ from pipeline.core.detect import (
     HOST_VOLUME,
     NEW_EDGE,
     NEW_PORT,
+    PROVISIONAL_EDGE,
     SCAN,
     VOLUME,
     Agg,
@@ -119,6 +120,7 @@ def rule_event(rule: CandidateRule, version: int) -> dict[str, Any]:
         },
         "confidence": round(rule.confidence, 3),
         "status": rule.status,
+        "provisional": rule.provisional,
         "intent": intent_dict(rule),  # the complete intent, so a stored rule can be rendered
         "version": version,
     }
@@ -194,6 +196,24 @@ def violation_event(a: Agg, workloads: Workloads, known: KnownTraffic, *,
     }
 
 
+def audit_finding_event(a: Agg, workloads: Workloads, known: KnownTraffic, *,
+                        scan_threshold: int, suppress_window: float,
+                        lateness: float) -> dict[str, Any]:
+    """An audit finding (``a`` from :class:`pipeline.core.audit.AuditWatch`) as a violation
+    event with ``mode`` audit and detector audit: seen during the audit, its edges not
+    trusted (no allow rule). ``detected_at``: the watermark at which its window closed."""
+    ev = violation_event(a, workloads, known, scan_threshold=scan_threshold,
+                         suppress_window=suppress_window)
+    ev["detected_at"] = iso(max(a.last, a.window + suppress_window + lateness))
+    ev["id"] = stable_id("v", "audit", a.type, workloads.infos[a.client].key, ev["dst_workload"],
+                         a.port, a.proto, int(a.window))
+    ev["mode"] = "audit"
+    ev["detector"] = "audit"
+    ev["reason"] = (f"During the audit: {ev['reason']} These edges were not trusted: no allow "
+                    "rule, alerted if they recur.")
+    return ev
+
+
 def _explain(a: Agg, src: str, dst: str, workloads: Workloads, known: KnownTraffic, *,
              scan_threshold: int, suppress_window: float) -> tuple[dict[str, Any], str, int]:
     """(evidence, reason, score 0–100) of one violation window."""
@@ -243,6 +263,20 @@ def _explain(a: Agg, src: str, dst: str, workloads: Workloads, known: KnownTraff
                   f"~{ratio:.0f}x its usual hourly volume.")
     elif a.type in _HOST_TYPES:
         expected, score, reason = _explain_host(a, src, dst, port, seen)
+    elif a.type == PROVISIONAL_EDGE:
+        ex = a.extra
+        days, flows = int(ex.get("audit_days", 0)), int(ex.get("audit_flows", 0))
+        expected = {"min_days": int(ex.get("min_days", 0)),
+                    "min_flows": int(ex.get("min_flows", 0))}
+        seen["audit_days"], seen["audit_flows"] = days, flows
+        finding = bool(ex.get("audit_finding", False))
+        seen["audit_finding"] = finding
+        score = 45 + (15 if a.port in DATA_PORTS or a.port in ADMIN_PORTS else 0)
+        score += 10 if finding else 0
+        reason = (f"{src} used its edge to {dst} on {port} again; the audit saw it on only "
+                  f"{days} day(s) with {flows} flow(s)"
+                  + (" during an audit finding" if finding else "")
+                  + ", too little to trust: it has no allow rule (review it).")
     else:  # OFF_HOURS
         hours = a.extra.get("usual_hours", [])
         seen["hour_utc"] = a.extra.get("hour")
@@ -350,6 +384,7 @@ __all__ = [
     "DATA_PORTS",
     "SCHEMA_VERSION",
     "KnownTraffic",
+    "audit_finding_event",
     "hour_ranges",
     "hours_of",
     "human_bytes",

@@ -6,7 +6,9 @@ a pure mapping from it, so every output path (JSONL, Kafka) can carry either.
 
 Mapping (OCSF 1.5.0, class ``detection_finding`` 2004, category Findings 2):
 
-- ``finding_info.uid`` = the violation id (deterministic), ``types`` = [violation type],
+- ``finding_info.uid`` = the violation id (deterministic), ``types`` = [violation type]
+  (plus ``audit_finding`` for a finding made during the audit, ``mode`` audit; a
+  ``provisional_edge`` is traffic on an edge the audit saw too little to trust),
   ``attacks`` = the MITRE ATT&CK tactic/technique of the per-host behaviour types,
   ``title``/``desc`` = one-line title and the reason, ``analytic`` = the detector.
 - ``activity_id`` 1 (Create) for a finding's first emission (one flow so far), 2 (Update) for
@@ -100,7 +102,7 @@ def to_ocsf(event: dict[str, Any], *, product_version: str = "") -> dict[str, An
             "uid": event["id"],
             "title": title,
             "desc": event["reason"],
-            "types": [event["type"]],
+            "types": [event["type"], *(["audit_finding"] if event["mode"] == "audit" else [])],
             "created_time": _ms(event.get("detected_at") or event["ts"]),
             "first_seen_time": first,
             "last_seen_time": last,

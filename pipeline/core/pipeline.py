@@ -17,6 +17,14 @@ from typing import Any, Self
 import numpy as np
 import pyarrow as pa
 
+from pipeline.core.audit import (
+    AuditWatch,
+    min_days,
+    readiness_rows,
+    ready_days,
+    scan_warmup,
+    trusted_rows,
+)
 from pipeline.core.baseline import (
     DAY,
     HOUR,
@@ -31,6 +39,7 @@ from pipeline.core.detect import (
     NEW_EDGE,
     NEW_PORT,
     OFF_HOURS,
+    PROVISIONAL_EDGE,
     TYPES,
     VOLUME,
     Agg,
@@ -38,12 +47,18 @@ from pipeline.core.detect import (
     ViolationWindows,
 )
 from pipeline.core.enrich import Enriched, Orienter, enrich
-from pipeline.core.events import KnownTraffic, hours_of, rule_event, violation_event
+from pipeline.core.events import (
+    KnownTraffic,
+    audit_finding_event,
+    hours_of,
+    rule_event,
+    violation_event,
+)
 from pipeline.core.hostdetect import HostBehaviour, HostParams
 from pipeline.core.hosts import HostFlows, empty_features
 from pipeline.core.incidents import Incidents, parse_criticality
 from pipeline.core.inventory import Inventory
-from pipeline.core.records import EDGE_MINUTE
+from pipeline.core.records import APP_READINESS, EDGE_MINUTE
 from pipeline.core.rules import derive_rules
 from pipeline.core.settings import CoreSettings
 from pipeline.core.workloads import EXTERNAL_KINDS, WORLD, Workloads
@@ -62,6 +77,7 @@ class BatchOutput:
     violations: list[dict[str, Any]] = field(default_factory=list)
     rules: list[dict[str, Any]] = field(default_factory=list)
     incidents: list[dict[str, Any]] = field(default_factory=list)  # changed ones, versioned
+    readiness: pa.Table = field(default_factory=APP_READINESS.schema.empty_table)
     flows: int = 0
     audit_flows: int = 0
     enforce_flows: int = 0
@@ -95,6 +111,11 @@ def _windows_params(s: CoreSettings) -> dict[str, Any]:
             "detect_lateness": s.detection_lateness}
 
 
+def _audit_params(s: CoreSettings) -> dict[str, Any]:
+    return {"window": s.suppress_window, "lateness": s.lateness,
+            "scan_threshold": s.scan_threshold, "warmup": scan_warmup(s)}
+
+
 class Pipeline:
     """Stateful core for one stream of flows (one replay, or one worker's partitions).
 
@@ -116,6 +137,12 @@ class Pipeline:
         self._audit_start: float | None = settings.audit_start
         self._rules_emitted = False
         self._known = KnownTraffic()
+        self.audit = AuditWatch(**_audit_params(settings))
+        self._trusted = np.zeros(0, dtype=bool)  # per learned edge, fixed at the audit's end
+        self._finding = np.zeros(0, dtype=bool)  # per learned edge: part of an audit finding
+        self._readiness_days = 0  # audit days whose readiness rows were emitted
+        self._pending_readiness: list[pa.Table] = []
+        self.readiness_source = ""  # app_readiness.source: "" (replay) or the partition
 
     @property
     def workloads(self) -> Workloads:
@@ -174,9 +201,16 @@ class Pipeline:
                 out.late_audit_flows = int(learn.sum())
             else:
                 newest = float(e.start.max())
+                n0 = len(self.baseline)
+                wm = newest if watermark is None else min(newest, watermark)
                 self.baseline.partial_fit(
-                    keys[learn], e.start[learn], e.bytes[learn], e.packets[learn],
-                    watermark=newest if watermark is None else min(newest, watermark))
+                    keys[learn], e.start[learn], e.bytes[learn], e.packets[learn], watermark=wm)
+                l_idx = np.flatnonzero(learn)
+                self.audit.observe(self.baseline, keys[l_idx], e.start[l_idx],
+                                   lambda sel: e.client_ip(l_idx[sel]),
+                                   lambda sel: e.server_ip(l_idx[sel]), self._audit_start,
+                                   admitted_from=n0)
+                self._audit_progress(wm)
         violating = np.zeros(len(e), dtype=bool)
         if out.enforce_flows:
             out.rules.extend(self.end_audit())
@@ -188,6 +222,7 @@ class Pipeline:
         out.host_windows = self._advance_hosts(wm)
         self.windows.advance(wm)
         out.violations.extend(self.drain_events())
+        self._take_audit(out)
         for k in ("flows", "audit_flows", "enforce_flows", "late_audit_flows"):
             self.counts[k] += getattr(out, k)
         return self._with_incidents(out)
@@ -202,8 +237,11 @@ class Pipeline:
             out.rules.extend(self.end_audit())
         self.baseline.advance(t)
         out.host_windows = self._advance_hosts(t)
+        if not self.baseline.frozen_:
+            self._audit_progress(t)
         self.windows.advance(t)
         out.violations.extend(self.drain_events())
+        self._take_audit(out)
         return self._with_incidents(out)
 
     def drain_events(self) -> list[dict[str, Any]]:
@@ -217,11 +255,20 @@ class Pipeline:
     def flush(self) -> BatchOutput:
         """End of input: close every open window; emit rules if the audit never ended."""
         out = BatchOutput()
+        if not self.baseline.frozen_ and self._audit_start is not None:
+            end = self.audit_end
+            assert end is not None
+            self.audit.check(self.baseline, end, self._audit_start, end, everything=True)
+            n = len(self.baseline)
+            last = float(self.baseline.last_seen_[:n].max()) if n else self._audit_start
+            self._emit_readiness(int((last - self._audit_start) // DAY) + 1, from_day=0,
+                                 version=int(last * 1000) + 1)
         if not self._rules_emitted and self._audit_start is not None:
             out.rules.extend(self._rule_events(final=False))
         out.host_windows = self._advance_hosts(float("inf"), everything=True)
         out.violations.extend(self._events(self.windows.close(everything=True)))
         self.counts["violations"] += len(out.violations)
+        self._take_audit(out)
         return self._with_incidents(out)
 
     def _with_incidents(self, out: BatchOutput) -> BatchOutput:
@@ -265,13 +312,74 @@ class Pipeline:
             self.windows.add(c)
         return feats
 
+    # -- audit findings and readiness ------------------------------------------------------
+    def _audit_progress(self, t: float) -> None:
+        """During the audit, event time reached ``t``: look for findings in the windows that
+        closed, and emit the readiness rows of the audit days that closed."""
+        start, end = self._audit_start, self.audit_end
+        if start is None or end is None or not np.isfinite(t):
+            return
+        self.audit.check(self.baseline, t, start, end)
+        days = int(min((t - self.settings.lateness - start) // DAY, -(-self.settings.audit_days
+                                                                     // 1)))
+        if days > self._readiness_days:
+            self._emit_readiness(days, from_day=self._readiness_days,
+                                 version=int((start + days * DAY) * 1000))
+
+    def _emit_readiness(self, days: int, *, from_day: int, version: int) -> None:
+        start, end = self._audit_start, self.audit_end
+        assert start is not None and end is not None
+        s = self.settings
+        rows = readiness_rows(self.baseline, self.workloads, audit_start=start, audit_end=end,
+                              days=days, source=self.readiness_source,
+                              max_new=s.readiness_max_new_edges, need=ready_days(s),
+                              version=version, from_day=from_day)
+        self._readiness_days = max(self._readiness_days, days)
+        if rows.num_rows:
+            self._pending_readiness.append(rows)
+
+    def _take_audit(self, out: BatchOutput) -> None:
+        """Move audit findings and readiness rows produced so far into ``out``."""
+        st = self.settings
+        found = [audit_finding_event(a, self.workloads, self._known,
+                                     scan_threshold=st.scan_threshold,
+                                     suppress_window=st.suppress_window,
+                                     lateness=st.lateness)
+                 for a in self.audit.take()]
+        if found:
+            self.counts["audit_findings"] += len(found)
+            out.violations.extend(found)
+        if self._pending_readiness:
+            tables = [out.readiness, *self._pending_readiness] if out.readiness.num_rows \
+                else self._pending_readiness
+            out.readiness = pa.concat_tables(tables)
+            self._pending_readiness = []
+
+    def _fix_trust(self) -> None:
+        self._finding = self.audit.finding_rows(self.baseline)
+        self._trusted = trusted_rows(self.baseline, self.settings, self._finding)
+
+    def trusted(self) -> np.ndarray:
+        """Per learned edge: trusted (allow rule) or provisional (see
+        :mod:`pipeline.core.audit`); fixed when the audit ends."""
+        if self.baseline.frozen_ and len(self._trusted) == len(self.baseline):
+            return self._trusted
+        return trusted_rows(self.baseline, self.settings, self.audit.finding_rows(self.baseline))
+
     # -- audit end -----------------------------------------------------------------------
     def end_audit(self) -> list[dict[str, Any]]:
         """End the audit now (freeze the baseline) and return the candidate-rule events;
         nothing if it has ended already."""
         if self.baseline.frozen_:
             return []
+        start, end = self._audit_start, self.audit_end
+        if start is not None and end is not None:
+            self.audit.check(self.baseline, end, start, end, everything=True)
+            self._emit_readiness(-int(-self.settings.audit_days // 1), from_day=0,
+                                 version=int(end * 1000) + 1)
         self.baseline.freeze()
+        self._fix_trust()
+        self.counts["provisional_edges"] = int((~self._trusted).sum())
         self._known = self._known_traffic()
         return self._rule_events(final=True)
 
@@ -321,7 +429,8 @@ class Pipeline:
         """The current candidate rules (intents), e.g. for rendering policies."""
         return derive_rules(self.baseline, self.workloads, audit_days=self.settings.audit_days,
                             internal_cidrs=self.settings.internal_cidrs,
-                            workload_cidrs=self.inventory.workload_cidrs())
+                            workload_cidrs=self.inventory.workload_cidrs(),
+                            trusted=self.trusted())
 
     # -- state ---------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -337,6 +446,8 @@ class Pipeline:
             "incidents": self.incidents.state(),
             "listeners": self.orienter.state(),
             "hosts": self.hosts.state(),
+            "audit": self.audit.state(),
+            "readiness_days": self._readiness_days,
         }
 
     @classmethod
@@ -356,8 +467,11 @@ class Pipeline:
         p.orienter = Orienter.from_state(state["listeners"])
         if "hosts" in state:
             p.hosts = HostBehaviour.from_state(state["hosts"], _host_params(settings))
+        p.audit = AuditWatch.from_state(state.get("audit"), **_audit_params(settings))
+        p._readiness_days = int(state.get("readiness_days", 0))
         if p.baseline.frozen_:
             p._known = p._known_traffic()
+            p._fix_trust()
         return p
 
     # -- scoring -------------------------------------------------------------------------
@@ -388,6 +502,20 @@ class Pipeline:
             violating[u_idx] = True
 
         known = (rows >= 0) & ~e.rejected[idx]
+        weak = np.zeros(len(idx), dtype=bool)
+        weak[known] = ~self._trusted[rows[known]]
+        if weak.any():
+            w_idx, w_rows = idx[weak], rows[weak]
+            finding = self._finding
+            st = self.settings
+            lo = {"min_days": min_days(st), "min_flows": st.trust_min_flows}
+            days, flows = self.baseline.days_[w_rows], self.baseline.flows_[w_rows]
+            extra_w: list[dict[str, Any] | None] = [
+                {"audit_days": int(d), "audit_flows": int(f), "audit_finding": bool(fd), **lo}
+                for d, f, fd in zip(days, flows, finding[w_rows], strict=True)]
+            parts.append((w_idx, np.full(len(w_idx), _TYPE_CODE[PROVISIONAL_EDGE]), extra_w))
+            violating[w_idx] = True
+            known &= ~weak
         if known.any():
             k_idx, k_rows = idx[known], rows[known]
             mask = self.baseline.hour_mask_[k_rows]

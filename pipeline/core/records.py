@@ -236,7 +236,7 @@ EDGE_MINUTE = Record(
 )
 
 VIOLATION_TYPES = ("new_edge", "new_port", "scan", "volume_spike", "off_hours", "fan_out",
-                   "failed_connections", "host_volume", "beacon")
+                   "failed_connections", "host_volume", "beacon", "provisional_edge")
 
 VIOLATION = Record(
     table="violations",
@@ -268,7 +268,9 @@ VIOLATION = Record(
         Field("dst_workload", _str(description="'ns/app'")),
         Column("dst_namespace", pa.string(), LABEL, default=""),
         Column("dst_app", pa.string(), LABEL, default=""),
-        Column("mode", pa.string(), LABEL, json=_enum("audit", "enforce")),
+        Column("mode", pa.string(), LABEL, json=_enum("audit", "enforce"),
+               doc="enforce: after the audit; audit: an audit finding (e.g. a scan during the "
+                   "audit, whose edges were not trusted)"),
         Column("reason", pa.string(), "String", TEXT, default="",
                json=_str(1, "one sentence")),
         Column("evidence", pa.string(), "String", TEXT, default={}, convert="json_text",
@@ -349,6 +351,9 @@ CANDIDATE_RULE = Record(
         Column("status", pa.string(), LABEL, default="proposed",
                json=_enum("proposed", "accepted", "rejected")),
         Field("notes", {"type": "array", "items": {"type": "string"}}, required=False),
+        Column("provisional", pa.bool_(), "Bool", default=False, required=False,
+               doc="weak audit evidence (too few days or flows, or an audit finding): no "
+                   "allow rule until accepted, listed for review"),
         Column("intent", pa.string(), "String", TEXT, default={}, convert="json_text",
                json={"type": "object", "description": "the complete intent (protected "
                      "workload with selector, env, service account and tier; peer; ports; "
@@ -471,8 +476,32 @@ INCIDENT = Record(
     order_by=("id",),
 )
 
+APP_READINESS = Record(
+    table="app_readiness",
+    doc="Audit readiness per app: one row per (app, audit day, source) from the app's first "
+        "day on, with the edges first seen that day with the app at either end. A streaming "
+        "partition reports its own clients' edges: sum the sources per (app, day). Read with "
+        "FINAL, or through the readiness view (segflow query readiness).",
+    fields=(
+        Column("namespace", pa.string(), LABEL, path=None),
+        Column("app", pa.string(), LABEL, path=None),
+        Column("day", TS_S, DATETIME, path=None, doc="start of the audit day"),
+        Column("source", pa.string(), LABEL, path=None,
+               doc="'' for replay, the flows topic/partition for a worker"),
+        Column("new_edges", pa.uint32(), "UInt32", path=None),
+        Column("edges", pa.uint32(), "UInt32", path=None, doc="edges so far (this source)"),
+        Column("audit_start", TS_S, DATETIME, path=None),
+        Column("audit_end", TS_S, DATETIME, path=None),
+        Column("max_new_edges", pa.uint32(), "UInt32", path=None,
+               doc="a day with at most this many new edges is quiet"),
+        Column("quiet_days_needed", pa.uint16(), "UInt16", path=None),
+        Column("version", pa.uint64(), "UInt64", path=None),
+    ),
+    order_by=("namespace", "app", "day", "source"),
+)
+
 RECORDS: Final[tuple[Record, ...]] = (EDGE_MINUTE, VIOLATION, CANDIDATE_RULE, RULE_DECISION,
-                                      SIMULATION_RESULT, INCIDENT)
+                                      SIMULATION_RESULT, INCIDENT, APP_READINESS)
 """Every output record, in migration order (a new table goes last)."""
 
 
@@ -601,6 +630,7 @@ def event_records(records: Sequence[Record] = RECORDS) -> list[Record]:
 
 
 __all__ = [
+    "APP_READINESS",
     "CANDIDATE_RULE",
     "EDGE_MINUTE",
     "INCIDENT",

@@ -23,8 +23,6 @@ from pipeline.core.workloads import OVERFLOW, WORLD, WorkloadInfo, Workloads
 
 SELECTOR_KEYS = ("app", "app.kubernetes.io/name", "k8s-app", "name")
 TIER_KEYS = ("tier", "app.kubernetes.io/component")
-# weak evidence: seen on a single day with fewer flows than this → listed for review
-PROVISIONAL_FLOWS = 10
 
 
 def to_workload(info: WorkloadInfo) -> Workload:
@@ -74,25 +72,31 @@ def derive_rules(
     audit_days: float,
     internal_cidrs: Iterable[str],
     workload_cidrs: dict[int, list[str]] | None = None,
+    trusted: np.ndarray | None = None,
 ) -> list[CandidateRule]:
     """Candidate rules for every learned edge, sorted by id (deterministic).
 
     ``workload_cidrs`` maps non-pod workloads (VMs, external systems) to their address
-    blocks so rules towards them can be expressed as CIDR peers.
+    blocks so rules towards them can be expressed as CIDR peers. ``trusted`` (per learned
+    edge, see :func:`pipeline.core.audit.trusted_rows`; default: all) keeps provisional
+    edges out of the allow rules: they merge into separate *provisional* rules (listed for
+    review, never rendered until accepted; their id says so).
     """
     n = len(baseline)
     if n == 0:
         return []
     internal = tuple(internal_cidrs)
     client, server, port, proto = unpack_keys(baseline.keys_[:n])
-    acc: dict[tuple[int, str, int, int], _Acc] = {}
-    groups: dict[tuple[int, str, int, int], list[int]] = defaultdict(list)
+    trust = np.ones(n, dtype=bool) if trusted is None else trusted[:n]
+    acc: dict[tuple[int, str, int, int, bool], _Acc] = {}
+    groups: dict[tuple[int, str, int, int, bool], list[int]] = defaultdict(list)
     for row in range(n):
         c, s = int(client[row]), int(server[row])
         if OVERFLOW in (c, s):
             continue
-        groups[(s, "ingress", c, int(proto[row]))].append(row)
-        groups[(c, "egress", s, int(proto[row]))].append(row)
+        weak = not trust[row]
+        groups[(s, "ingress", c, int(proto[row]), weak)].append(row)
+        groups[(c, "egress", s, int(proto[row]), weak)].append(row)
     for gkey, rows in groups.items():
         r = np.asarray(rows)
         acc[gkey] = _Acc(
@@ -105,7 +109,7 @@ def derive_rules(
         )
     rules = []
     expect_days = max(1.0, min(7.0, audit_days))
-    for (app_wid, direction, peer_wid, pr), a in acc.items():
+    for (app_wid, direction, peer_wid, pr, weak), a in acc.items():
         if app_wid == WORLD:
             continue  # the outside world is not a workload we protect
         app = to_workload(workloads.infos[app_wid])
@@ -117,7 +121,7 @@ def derive_rules(
             peer_key = peer.cidr if peer.kind != "workload" or not peer.workload else (
                 peer.workload.key)
             rid = stable_id("r", app.key, direction, peer.kind, peer_key, pr,
-                            ",".join(map(str, ports)))
+                            ",".join(map(str, ports)), *(("provisional",) if weak else ()))
             rules.append(
                 CandidateRule(
                     id=rid,
@@ -128,11 +132,11 @@ def derive_rules(
                     ports=ports,
                     evidence=Evidence(a.flows, a.bytes, a.first, a.last, a.days),
                     confidence=confidence,
-                    provisional=a.days <= 1 and a.flows < PROVISIONAL_FLOWS,
+                    provisional=weak,
                 )
             )
     rules.sort(key=lambda r: r.id)
     return rules
 
 
-__all__ = ["PROVISIONAL_FLOWS", "derive_rules", "to_workload"]
+__all__ = ["derive_rules", "to_workload"]

@@ -220,6 +220,23 @@ class CoreSettings:
     alert_rejected_external: bool = setting(
         False, "also alert on rejected flows from outside the internal ranges (internet noise "
         "a firewall already stopped)")
+    trust_min_days: int = setting(
+        3, "distinct days an edge must be seen on during the audit to be trusted (allow "
+        "rule); capped at the audit's whole weeks, at least 1, so a weekly job is trusted",
+        low=1, metavar="DAYS")
+    trust_min_flows: int = setting(
+        3, "flows an edge needs during the audit to be trusted; weaker edges stay provisional "
+        "(no allow rule, listed for review, provisional_edge alert if they recur)", low=1,
+        metavar="N")
+    audit_scan_warmup: float = setting(
+        86400.0, "audit scan findings are not looked for in the audit's first SECONDS (every "
+        "edge is new then); capped at a quarter of the audit", low=0, metavar="SECONDS")
+    readiness_max_new_edges: int = setting(
+        1, "an audit day on which an app gained at most this many new edges is quiet", low=0,
+        metavar="N")
+    readiness_days: int = setting(
+        7, "an app is ready to enforce after this many quiet audit days in a row; capped at "
+        "half the audit, at least 1", low=1, metavar="DAYS")
     internal_cidrs: tuple[str, ...] = setting(
         DEFAULT_INTERNAL_CIDRS, "internal address ranges, comma-separated (addresses inside "
         "with no inventory entry are unknown:<ip>, outside are world)", kind="cidrs",

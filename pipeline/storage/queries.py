@@ -161,6 +161,30 @@ WHERE e.2 NOT IN ('world', 'overflow')
 GROUP BY namespace, app, day
 ORDER BY namespace, app, day
 LIMIT {{limit:UInt32}}"""),
+        View("readiness", "app_readiness",
+             "per app: new edges per audit day, quiet days in a row, ready to enforce", f"""
+SELECT namespace, app, toDate(min(day)) AS first_day, toDate(max(day)) AS last_day,
+       sum(new_edges) AS edges,
+       if(countIf(new_edges > mx) > 0, toUnixTimestamp(maxIf(day, new_edges > mx)) + 86400,
+          toUnixTimestamp(min(day))) AS quiet_start,
+       toUInt32(intDiv(toUnixTimestamp(max(day)) + 86400 - quiet_start, 86400)) AS quiet_days,
+       max(need) AS quiet_days_needed, max(mx) AS max_new_edges,
+       quiet_days >= quiet_days_needed AS ready,
+       if(ready, toDateTime(quiet_start + quiet_days_needed * 86400, 'UTC'), NULL)
+           AS ready_since,
+       arrayMap(x -> x.2, arraySort(groupArray((day, new_edges)))) AS new_edges_per_day
+FROM (
+    SELECT namespace, app, day, sum(new_edges) AS new_edges, max(max_new_edges) AS mx,
+           max(quiet_days_needed) AS need
+    FROM app_readiness FINAL
+    WHERE {_range("day")}
+      AND ({{any_app:UInt8}} OR (app = {{app:String}} AND ({{ns:String}} = ''
+           OR namespace = {{ns:String}})))
+    GROUP BY namespace, app, day
+)
+GROUP BY namespace, app
+ORDER BY ready, quiet_days, namespace, app
+LIMIT {{limit:UInt32}}"""),
         View("rule-coverage", "candidate_rules",
              "per protected app: share of its inbound flows an ingress candidate rule allows", f"""
 WITH allow AS (

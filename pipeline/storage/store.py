@@ -340,6 +340,14 @@ class Store:
             return 0
         return self._insert(tables.CANDIDATE_RULES, tables.rules_to_arrow(events))
 
+    def write_app_readiness(self, table: pa.Table) -> int:
+        """Insert ``app_readiness`` rows (:data:`pipeline.core.records.APP_READINESS`); an
+        (app, day, source) re-sent with a higher version replaces."""
+        if table.num_rows == 0:
+            return 0
+        rec = tables.records.APP_READINESS
+        return self._insert(rec.table, table.select(list(rec.names)).cast(rec.schema))
+
     def query_arrow(self, sql: str, parameters: Mapping[str, Any] | None = None) -> pa.Table:
         """Run a SELECT; ``{name:Type}`` placeholders bind from ``parameters``."""
         params = dict(parameters) if parameters else None

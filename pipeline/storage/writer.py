@@ -72,6 +72,7 @@ class _Batch:
     violations: list[dict[str, Any]] = field(default_factory=list)
     rules: list[dict[str, Any]] = field(default_factory=list)
     incidents: list[dict[str, Any]] = field(default_factory=list)
+    readiness: list[pa.Table] = field(default_factory=list)
     rows: int = 0
     since: float = 0.0  # clock time of its first row
 
@@ -113,13 +114,15 @@ class StoreWriter:
     # -- producer side -------------------------------------------------------------------
     def add(self, edge_minutes: pa.Table | None = None,
             violations: Sequence[dict[str, Any]] = (), rules: Sequence[dict[str, Any]] = (),
-            *, wait: bool = True, incidents: Sequence[dict[str, Any]] = ()) -> None:
+            *, wait: bool = True, incidents: Sequence[dict[str, Any]] = (),
+            readiness: pa.Table | None = None) -> None:
         """Buffer outputs; seal the batch when full or old; with ``wait``, block while more
         than ``max_pending_rows`` rows wait for the store. Raises the sticky error."""
         self._raise()
         b = self._open
         n = (edge_minutes.num_rows if edge_minutes is not None else 0) + len(violations) \
-            + len(rules) + len(incidents)
+            + len(rules) + len(incidents) + (readiness.num_rows if readiness is not None
+                                             else 0)
         if n:
             if not b.rows:
                 b.since = self._clock()
@@ -128,6 +131,8 @@ class StoreWriter:
             b.violations.extend(violations)
             b.rules.extend(rules)
             b.incidents.extend(incidents)
+            if readiness is not None and readiness.num_rows:
+                b.readiness.append(readiness)
             b.rows += n
         if b.rows >= self.max_rows or self.due:
             self._seal()
@@ -141,9 +146,11 @@ class StoreWriter:
     async def add_async(self, edge_minutes: pa.Table | None = None,
                         violations: Sequence[dict[str, Any]] = (),
                         rules: Sequence[dict[str, Any]] = (),
-                        incidents: Sequence[dict[str, Any]] = ()) -> None:
+                        incidents: Sequence[dict[str, Any]] = (),
+                        readiness: pa.Table | None = None) -> None:
         """:meth:`add` for an event loop: awaits room instead of blocking the loop."""
-        self.add(edge_minutes, violations, rules, wait=False, incidents=incidents)
+        self.add(edge_minutes, violations, rules, wait=False, incidents=incidents,
+                 readiness=readiness)
         if not self.has_room:
             t0 = time.perf_counter()
             await self._wait_async(self._has_room)
@@ -276,6 +283,9 @@ class StoreWriter:
         if batch.incidents:
             self._retrying(INCIDENT.table, lambda: self.store.write_events(INCIDENT.table,
                                                                            batch.incidents))
+        if batch.readiness:
+            ready = pa.concat_tables(batch.readiness)
+            self._retrying("app_readiness", lambda: self.store.write_app_readiness(ready))
 
     def _retrying(self, table: str, fn: Callable[[], Any]) -> None:
         attempt = 1

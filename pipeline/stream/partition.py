@@ -98,6 +98,9 @@ class PartitionState:
     _reported: set[float] = field(default_factory=set, init=False, repr=False)  # warned of
     _held_at: dict[str, int] | None = field(default=None, init=False, repr=False)  # id → index
 
+    def __post_init__(self) -> None:
+        self.pipeline.readiness_source = self.source_id  # app_readiness rows per partition
+
     def apply(self, offset: int, batch: FlowBatch) -> Step:
         """Apply internal message ``offset`` (must be newer than :attr:`offset`)."""
         if offset <= self.offset:
@@ -137,6 +140,8 @@ class PartitionState:
             step.output.violations.extend(more.violations)
             step.output.rules.extend(more.rules)
             step.output.incidents.extend(more.incidents)
+            if more.readiness.num_rows:
+                step.output.readiness = pa.concat_tables([step.output.readiness, more.readiness])
         self.offset = offset
         step.audit_ended = p.audit_ended and not frozen
         step.output.violations = self._complete(step.output.violations, step)

@@ -133,7 +133,7 @@ class StatefulStage:
         step = await self._run(state, state.apply, offset, batch)
         out = step.output
         await self.sink.add_async(out.edge_minutes, out.violations, out.rules,  # back-pressure
-                                  out.incidents)
+                                  out.incidents, readiness=out.readiness)
         await self.publisher.publish(out.violations, out.rules, out.incidents)
         self.metrics.records_in.labels("stateful", self.topics.flows).inc(step.rows)
         if step.dropped:

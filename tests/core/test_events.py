@@ -176,7 +176,8 @@ def test_rule_event() -> None:
         "proto": 17, "proto_name": "udp", "ports": [53, 5353],
         "evidence": {"flows": 10, "bytes": 2000, "first_seen": iso(W0),
                      "last_seen": "2026-01-06T00:00:00.000Z", "days_observed": 2},
-        "confidence": 0.877, "status": "proposed", "version": 7}
+        "confidence": 0.877, "status": "proposed", "provisional": False,
+        "version": 7}
 
 
 def test_docstring_examples() -> None:
