@@ -23,6 +23,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.core.addresses import ipv4_canonical
 from pipeline.core.columns import (
     ACTION_ACCEPT,
     ACTION_REJECT,
@@ -98,7 +99,7 @@ def shifted(items: Iterator[T], seconds: float) -> Iterator[T]:
         yield item
 
 
-_IP_CACHE_MAX = 1 << 20  # distinct address strings remembered (bounded: cleared when full)
+_IP_CACHE_MAX = 1 << 18  # distinct non-canonical address strings remembered (cleared when full)
 _ip_cache: dict[str, str | None] = {}
 
 
@@ -211,20 +212,26 @@ def _ips(arr: pa.Array) -> tuple[pa.Array, np.ndarray]:
     if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
         return pa.nulls(n, pa.string()), np.zeros(n, dtype=bool)
     enc = arr.dictionary_encode()
-    uniq = enc.dictionary.to_pylist()
-    if len(_ip_cache) > _IP_CACHE_MAX:
-        _ip_cache.clear()
-    out: list[str | None] = []
-    for s in uniq:
-        c = _ip_cache.get(s, "")
-        if c == "":
-            c = canonical_ip(s)
-            _ip_cache[s] = c
-        out.append(c)
-    if arr.type == pa.string() and out == uniq:
-        mapped = arr  # every address already canonical (the usual case): no copy
+    v4, _ = ipv4_canonical(enc.dictionary)  # canonical already: no Python work, no cache
+    odd = np.flatnonzero(~v4).tolist()
+    if not odd and arr.type == pa.string():
+        mapped = arr  # the usual case: every address canonical IPv4 text, no copy
     else:
-        mapped = pa.array(out, pa.string()).take(enc.indices)
+        uniq = enc.dictionary.to_pylist()
+        if len(_ip_cache) > _IP_CACHE_MAX:
+            _ip_cache.clear()
+        out: list[str | None] = list(uniq)
+        for i in odd:
+            s = uniq[i]
+            c = _ip_cache.get(s, "")
+            if c == "":
+                c = canonical_ip(s)
+                _ip_cache[s] = c
+            out[i] = c
+        if arr.type == pa.string() and out == uniq:
+            mapped = arr  # every address already canonical: no copy
+        else:
+            mapped = pa.array(out, pa.string()).take(enc.indices)
     ok = ~np.asarray(pc.is_null(mapped))
     return mapped, ok
 

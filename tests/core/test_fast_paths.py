@@ -143,3 +143,45 @@ def test_count_lines_without_the_compiled_function(monkeypatch: pytest.MonkeyPat
     fast = [flatjson.count_lines(b) for b in blocks]
     monkeypatch.setattr(flatjson, "_ext", None)  # a build without the decoder
     assert [flatjson.count_lines(b) for b in blocks] == fast == [b.count(b"\n") for b in blocks]
+
+
+def _random_ip_texts(rng: np.random.Generator, n: int) -> list[str]:
+    out = []
+    for _ in range(n):
+        q = [int(x) for x in rng.integers(0, 256, 4)]
+        kind = int(rng.integers(0, 9))
+        if kind == 0:
+            q[int(rng.integers(0, 4))] = int(rng.integers(256, 1000))  # out of range
+        text = ".".join(str(x) for x in q)
+        if kind == 1:
+            text = text.replace(".", ".0", 1)  # a leading zero
+        elif kind == 2:
+            text = f" {text}"
+        elif kind == 3:
+            text = f"::ffff:{text}"
+        elif kind == 4:
+            text = f"2001:DB8::{q[0]:x}"
+        elif kind == 5:
+            text = text[: int(rng.integers(0, len(text)))]
+        out.append(text)
+    return out + ["0.0.0.0", "255.255.255.255", "1.2.3.4\n", "1.2.3", "1.2.3.4.5", "", "a.b.c.d"]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_vectorised_ipv4_equals_ipaddress(seed: int) -> None:
+    from pipeline.core import normalize
+    from pipeline.core.addresses import ip_to_int, ipv4_canonical
+
+    texts = _random_ip_texts(np.random.default_rng(seed), 3000)
+    ok, values = ipv4_canonical(pa.array(texts))
+    for text, o, v in zip(texts, ok.tolist(), values.tolist(), strict=True):
+        canon = normalize.canonical_ip(text)
+        assert o == (canon == text and "." in text and ":" not in text), text
+        if o:
+            assert ip_to_int(text) == v | 0xFFFF_0000_0000
+    mapped, good = normalize._ips(pa.array(texts))
+    assert mapped.to_pylist() == [normalize.canonical_ip(t) for t in texts]
+    assert good.tolist() == [normalize.canonical_ip(t) is not None for t in texts]
+    valid = [c for c in mapped.to_pylist() if c is not None]
+    idx, addrs = encode_ips(pa.array(valid))
+    assert [addrs[i] for i in idx.tolist()] == [ip_to_int(c) for c in valid]
