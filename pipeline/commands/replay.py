@@ -46,7 +46,7 @@ from pipeline.sources.base import open_binary, parse_file
 from pipeline.storage.files import Outputs
 from pipeline.storage.writer import StoreWriter
 
-STORE_ROWS = 200_000  # rows (aggregates + events) buffered before one insert
+STORE_ROWS = 100_000  # rows (aggregates + events) per insert; one more sealed batch may wait
 # formats whose records can name the workload at each end (see the module docstring)
 IDENTITY_FORMATS = frozenset({"hubble", "gcp-vpc", "goflow2", "canonical"})
 INVENTORY_HINT = "pass --inventory FILE (JSONL or CSV of ip or cidr → app, namespace; see README)"
@@ -249,7 +249,8 @@ def replay(
     core = Pipeline(settings, inventory)
     bar = Progress(progress, [os.path.getsize(p) for p, _ in plan], every=progress_every)
     t0 = time.perf_counter()
-    writer = StoreWriter(store, max_rows=STORE_ROWS, max_seconds=float("inf")) \
+    writer = StoreWriter(store, max_rows=STORE_ROWS, max_seconds=float("inf"),
+                         max_pending_rows=STORE_ROWS) \
         if store is not None else None
     vio_out = outputs.jsonl(violations_path) if violations_path else None
     as_output = violation_formatter(violations_format, _version())

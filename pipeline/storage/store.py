@@ -319,7 +319,8 @@ class Store:
         """Insert per-minute edge aggregates; replaying a (source_id, block) replaces it."""
         if table.num_rows == 0:
             return 0
-        return self._insert(tables.EDGE_MINUTE, tables.normalize_edge_minutes(table))
+        rows = tables.as_dictionaries(tables.normalize_edge_minutes(table))
+        return self._insert(tables.EDGE_MINUTE, rows)
 
     def write_events(self, table: str, events: Sequence[Mapping[str, Any]]) -> int:
         """Insert event dicts into ``table``, read as ``pipeline/core/records.py`` declares
