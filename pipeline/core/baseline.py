@@ -17,7 +17,8 @@ more than 127 days behind it is learned but its day not counted).
 Bounded state: at most ``max_edges`` edges in total and ``max_edges_per_workload`` per client
 and per server workload (a port scan during audit saturates the scanner's budget, it does not
 grow memory). Edges past a bound are not learned; the workload is marked *saturated* (not
-ready to enforce) and the refusals counted. Memory ≈ 320 B per edge (arrays + index), plus
+ready to enforce) and the refusals counted. Memory ≈ 340 B per edge (220 B of per-edge
+arrays, ~116 B of index; arrays grow by doubling, so up to ~560 B just after one), plus
 at most ``max_open_hours`` open (edge, hour) sums (16 B each; past it the oldest close early,
 counted in ``early_closed_hours_``).
 

@@ -3,6 +3,10 @@
 Edges are keyed by wids so the hot path stays in numpy. The registry is bounded
 (:data:`MAX_WORKLOADS`); past the bound new identities collapse into the ``overflow``
 workload and are counted, so spoofed or scanning addresses cannot grow memory without limit.
+An interned address (an ``unknown:<ip>`` identity, e.g. a spoofed internal destination) costs
+≈ 1.7 KB of process memory across this registry, the inventory's timeline cache, confirmed
+listeners and violation windows (measured: 200k spoofed destinations add ~350 MB); each of
+those is bounded too (see README, Bounded state).
 Ids are process-local: anything that leaves the process (event ids, storage rows) uses the
 workload's *names*, never its wid.
 """
