@@ -238,3 +238,65 @@ def test_replay_counts_every_line_and_prints_skips_by_reason(
     out = capsys.readouterr().out
     assert "7 records, 3 flows, 2 rejected, 2 skipped" in out
     assert "  skipped (not flows)    header 1, nodata 1\n" in out
+
+
+# ---------------------------------------------------------------- JSON line formats
+
+
+def _canonical_lines() -> list[bytes]:
+    rows = [{"start": 1767571200 + i, "end": 1767571201 + i, "src_ip": f"10.0.0.{i + 1}",
+             "dst_ip": "10.0.1.1", "src_port": 40000 + i, "dst_port": 443, "proto": 6,
+             "bytes": 100 * i, "packets": 2} for i in range(6)]
+    rows.append({"start": "2026-01-05T00:00:00Z", "src_ip": "10.0.0.9", "dst_ip": "10.0.1.1",
+                 "dst_port": 80, "proto": "tcp", "src_workload": {"app": "a", "namespace": "n"}})
+    return [orjson.dumps(r) for r in rows]
+
+
+JSON_LINES = {
+    "gcp-vpc": (FIX / "gcp/vpc-flows.jsonl").read_bytes().splitlines(),
+    "hubble": (FIX / "hubble/basic-sample-10-flows.json").read_bytes().splitlines(),
+    "goflow2": (FIX / "goflow/goflow2-snake.json").read_bytes().splitlines(),
+    "suricata": (FIX / "suricata/eve.json").read_bytes().splitlines(),
+    "zeek": (FIX / "zeek/conn.json").read_bytes().splitlines(),
+    "canonical": _canonical_lines(),
+}
+JSON_ODD = [*ODD, b"}", b'"', b",", b"[", b"null", b"}\n{"]
+
+
+@st.composite
+def mutated_json(draw: st.DrawFn, fmt: str) -> bytes:
+    lines = draw(st.lists(st.sampled_from(JSON_LINES[fmt]), min_size=1, max_size=16))
+    out = bytearray(b"\n".join(lines) + draw(st.sampled_from([b"", b"\n", b"\r\n"])))
+    for _ in range(draw(st.integers(0, 5))):
+        pos = draw(st.integers(0, len(out)))
+        piece = draw(st.one_of(st.sampled_from(JSON_ODD), st.binary(min_size=1, max_size=3)))
+        if draw(st.booleans()) and pos < len(out):
+            out[pos:pos + len(piece)] = piece
+        else:
+            out[pos:pos] = piece
+    return bytes(out)
+
+
+def test_json_objects_spread_over_lines_or_sharing_one_are_not_misread() -> None:
+    """Arrow's JSON reader ignores line ends: ``{`` + newline + the rest read as one record
+    for two lines, two objects on one line as two; each line is one record (rejected)."""
+    good = JSON_LINES["hubble"]
+    block = b"\n".join([good[0], b"{\r", good[1][1:], good[2] + b" " + good[3], good[4]])
+    res = get_parser("hubble").parse(block, "h", 1)
+    assert res.flows.num_rows == 2
+    assert [(r.reason, r.source) for r in res.rejects] == [
+        ("bad_json", "h:2"), ("bad_json", "h:3"), ("bad_json", "h:4")]
+    check_accounting([res], block, "h")
+    canon = JSON_LINES["canonical"]
+    block = b"\n".join([canon[6], b"{", canon[0][1:], canon[1] + canon[2]])
+    res = get_parser("canonical").parse(block, "c", 1)
+    assert res.flows.num_rows == 1 and [r.source for r in res.rejects] == ["c:2", "c:3", "c:4"]
+
+
+@pytest.mark.parametrize("fmt", list(JSON_LINES))
+@PROPS
+@given(data=st.data())
+def test_every_json_line_is_a_flow_a_located_reject_or_a_counted_skip(
+        fmt: str, data: st.DataObject) -> None:
+    block = data.draw(mutated_json(fmt))
+    check_accounting([get_parser(fmt).parse(block, "p", 1)], block, "p")

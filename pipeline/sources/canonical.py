@@ -25,6 +25,7 @@ from pipeline.core.columns import Reject
 from pipeline.core.normalize import PROTO_NAMES, normalize, parse_time_text
 from pipeline.sources import flatjson
 from pipeline.sources.base import RAW_KEEP, ParseResult
+from pipeline.sources.columnar import json_rows_are_lines
 from pipeline.sources.jsonlines import read_json_checked
 
 _IDENTITY_SIDES = ("src", "dst")
@@ -104,7 +105,7 @@ class CanonicalParser:
             for e in errors:
                 i = int(line_of[e.row])
                 failed[e.row] = True
-                rejects.append(Reject(e.reason, e.detail, split[i][:RAW_KEEP],
+                rejects.append(Reject(e.reason, e.detail, split[i].removesuffix(b"\r")[:RAW_KEEP],
                                       f"{source}:{first_line + i}"))
             line_of = line_of[~failed]
         if len(fast.bad_lines):
@@ -130,6 +131,8 @@ class CanonicalParser:
         try:
             table = self._read(block)
         except _ARROW_ERRORS:
+            return self._parse_slow(block, source, first_line)
+        if not json_rows_are_lines(block, table.num_rows):  # an object not alone on its line
             return self._parse_slow(block, source, first_line)
         if table.num_rows == 0:
             return ParseResult(records_in=0)
@@ -160,7 +163,8 @@ class CanonicalParser:
         if errors:  # row i is the i-th non-blank line
             split = block.split(b"\n")
             line = [i for i, ln in enumerate(split) if ln.strip()]
-            rejects = [Reject(e.reason, e.detail, split[line[e.row]][:RAW_KEEP],
+            rejects = [Reject(e.reason, e.detail,
+                              split[line[e.row]].removesuffix(b"\r")[:RAW_KEEP],
                               f"{source}:{first_line + line[e.row]}") for e in errors]
         return ParseResult(flows, rejects, table.num_rows)
 
@@ -173,6 +177,7 @@ class CanonicalParser:
         for offset, line in enumerate(block.split(b"\n")):
             if not line.strip():
                 continue
+            line = line.removesuffix(b"\r")
             seen += 1
             where = f"{source}:{first_line + offset}"
             try:

@@ -366,7 +366,7 @@ def line_locator(block: bytes, source: str, first_line: int,
         if not cache:
             for off, ln in enumerate(block.split(b"\n")):
                 if ln.strip():
-                    cache.append((first_line + off, ln.rstrip(b"\r")))
+                    cache.append((first_line + off, ln.removesuffix(b"\r")))
         if row >= len(cache):
             return f"{source}:?", b""
         line_no, raw = cache[row]
@@ -559,6 +559,35 @@ def leading_line(block: bytes) -> bytes:
     return block[m.start() : len(block) if end == -1 else end].rstrip(b"\r")
 
 
+def json_rows_are_lines(block: bytes, rows: int) -> bool:
+    """Whether a JSON reader's ``rows`` rows of ``block`` are its non-blank lines, in order.
+
+    Arrow's JSON reader ignores line ends (two objects on one line are two rows, an object
+    spread over lines is one), so its row i is line i only when every non-blank line holds
+    one object: the counts match and each such line starts with ``{`` and ends with ``}``
+    (a line that does cannot continue the previous one nor be continued by the next). One
+    vectorised pass when every line is plain; otherwise line by line."""
+    arr = np.frombuffer(block, np.uint8)
+    nl = np.flatnonzero(arr == 10)
+    starts = np.concatenate(([0], nl + 1))
+    ends = np.concatenate((nl, [len(arr)]))
+    if len(ends) and starts[-1] == ends[-1]:  # the block ends with a line feed
+        starts, ends = starts[:-1], ends[:-1]
+    ends = ends - (arr[np.maximum(ends - 1, 0)] == 13)  # a \r before the line feed
+    if (len(starts) == rows and (ends > starts).all() and (arr[starts] == 123).all()
+            and (arr[ends - 1] == 125).all()):
+        return True
+    n = 0
+    for line in block.split(b"\n"):
+        if not line.strip():
+            continue
+        body = line.strip(b" \t\r")
+        if body[:1] != b"{" or body[-1:] != b"}":
+            return False
+        n += 1
+    return n == rows
+
+
 def count_lines(block: bytes) -> int:
     return sum(1 for ln in block.split(b"\n") if ln.strip())
 
@@ -592,6 +621,7 @@ __all__ = [
     "first_item",
     "is_scalar",
     "json_object",
+    "json_rows_are_lines",
     "json_string",
     "json_value",
     "leading_line",

@@ -32,6 +32,7 @@ from pipeline.sources.columnar import (
     dict_path,
     finish,
     first_char,
+    json_rows_are_lines,
     line_locator,
     merge,
     table_path,
@@ -46,9 +47,15 @@ RECORD_ERRORS = (pa.ArrowException, ShapeError, ValueError, TypeError, OverflowE
 
 def read_json_checked(block: bytes, **options: Any) -> pa.Table:
     """``pyarrow.json.read_json`` of a block (1 MiB parse blocks, so both cores work), with the
-    result's structure validated: Arrow 26 drops a ``null`` that opens a list whose item type
-    is not known yet and returns offsets past the values (reading them crashes), so such a
-    table raises ArrowInvalid like any other block Arrow cannot read."""
+    block's UTF-8 and the result's structure validated: Arrow keeps invalid UTF-8 in string
+    values, and Arrow 26 drops a ``null`` that opens a list whose item type is not known yet
+    and returns offsets past the values (reading them crashes), so such blocks raise
+    ArrowInvalid like any other block Arrow cannot read."""
+    if not block.isascii():  # Arrow keeps invalid UTF-8 in strings (a crash further on)
+        try:
+            block.decode()
+        except UnicodeDecodeError as exc:
+            raise pa.ArrowInvalid(f"invalid UTF-8 at byte {exc.start}") from None
     table = pj.read_json(io.BytesIO(block), read_options=pj.ReadOptions(block_size=1 << 20),
                          **options)
     table.validate()
@@ -83,7 +90,7 @@ class JsonLinesParser:
         if not first_char(block):
             return ParseResult()
         table = self._read_table(block)
-        if table is None:
+        if table is None or not json_rows_are_lines(block, table.num_rows):
             return self._parse_slow(block, locate)
         if table.num_rows == 0:
             return ParseResult()
