@@ -28,7 +28,7 @@ MERGE_S = 1.0  # a flow this close to the previous one is the same beat
 class BeaconSeries:
     """Interval statistics per series; :meth:`add` says which flows are periodic."""
 
-    def __init__(self, *, min_beats: int = 8, max_jitter: float = 0.2, min_period: float = 10.0,
+    def __init__(self, *, min_beats: int = 8, max_jitter: float = 0.15, min_period: float = 10.0,
                  max_series: int = 1 << 18, expire: float = 7200.0) -> None:
         self.min_beats = min_beats
         self.max_jitter = max_jitter

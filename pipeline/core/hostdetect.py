@@ -47,6 +47,7 @@ FAIL_K = 2.0
 VOL_K = 3.0
 VOL_FULL_K = 2.0
 VOL_MIN_SAMPLES = 48  # per-host windows an edge needs before its volume is judged
+VOL_MIN_FLOWS = 5  # flows of the host on the edge in the window: a sustained transfer
 _CODE = {t: i for i, t in enumerate(TYPES)}
 
 
@@ -59,7 +60,7 @@ class HostParams:
     failures_min: int = 10
     volume_min_bytes: float = 1e6
     beacon_min_beats: int = 8
-    beacon_max_jitter: float = 0.2
+    beacon_max_jitter: float = 0.15
     max_hosts: int = 1 << 16
 
 
@@ -140,10 +141,10 @@ class HostBehaviour:
             if len(a):
                 win0 = np.floor(f.start[a] / p.window) * p.window
                 f.new_edge[a] = self._first_seen(f.edge[a]) >= win0
-        hr = self.windows_.add(f)
-        vol_sum, vol_max, vol_ok = self.volume_.add(combine(f.host, f.edge, hr.win), f.edge,
-                                                    hr.win, f.bytes)
-        vol_run = vol_sum - vol_max  # the largest flow left out: many big flows, not one
+        scoring = audit_end is not None and bool(f.start[-1] >= audit_end)
+        hr = self.windows_.add(f, running=scoring)
+        vol_sum, vol_max, vol_n, vol_ok = self.volume_.add(
+            combine(f.host, f.edge, hr.win), f.edge, hr.win, f.bytes, running=scoring)
         per, period, jitter, beats = self.beacons_.add(f.host, f.peer, f.port, f.proto, f.start)
         audit = np.ones(len(f), dtype=bool) if audit_end is None else f.start < audit_end
         app_key = combine(f.app, f.peer_app, f.port.astype(np.int64), f.proto.astype(np.int64))
@@ -151,7 +152,7 @@ class HostBehaviour:
         if learn_per.any():
             self.periodic_ = np.union1d(self.periodic_, app_key[learn_per])
         enforce = ~audit & hr.tracked
-        if not enforce.any():
+        if not scoring or not enforce.any():
             return []
         out: list[Candidates] = []
         # flows on unknown identity edges are new_edge/new_port/scan already: fan-out, failure
@@ -188,7 +189,8 @@ class HostBehaviour:
         t_vol = np.where(n >= VOL_MIN_SAMPLES,
                          np.maximum(p.volume_min_bytes, np.maximum(VOL_K * q, VOL_FULL_K * q_full)),
                          np.inf)[inv]
-        hit = vol_ok[idx] & (vol_run[idx] > t_vol)
+        vol_run = vol_sum - vol_max  # the largest flow left out: many big flows, not one
+        hit = vol_ok[idx] & (vol_run[idx] > t_vol) & (vol_n[idx] >= VOL_MIN_FLOWS)
         if hit.any():
             rows = idx[hit]
             extra = [{"host_bytes": float(a), "threshold_bytes": float(b),

@@ -55,7 +55,7 @@ from typing import Any, Self
 import numpy as np
 
 from pipeline.core.addresses import int_to_ip
-from pipeline.core.hostsets import DistinctCounter, combine, group_cumsum, sorted_find
+from pipeline.core.hostsets import DistinctCounter, combine, sorted_find
 
 FEATURES = ("flows", "peers", "ports", "pairs", "apps", "bytes_out", "failures",
             "failure_share", "new_edges", "hour_of_week")
@@ -85,13 +85,14 @@ def host_keys(addrs: list[int]) -> np.ndarray:
 
 def host_text(keys: np.ndarray) -> list[str]:
     """Address text of host keys (IPv6 from a bounded cache, else ``v6:<hex key>``)."""
-    out = []
-    for k in keys.tolist():
+    uk, inv = np.unique(keys, return_inverse=True)  # each distinct address once
+    texts = []
+    for k in uk.tolist():
         if k >> 32 == 0xFFFF:
-            out.append(int_to_ip(k))
+            texts.append(int_to_ip(k))
         else:
-            out.append(_V6_TEXT.get(k, f"v6:{k:016x}"))
-    return out
+            texts.append(_V6_TEXT.get(k, f"v6:{k:016x}"))
+    return np.array(texts, dtype=object)[inv].tolist()  # type: ignore[no-any-return]
 
 
 @dataclass(slots=True)
@@ -234,8 +235,9 @@ class HostWindows:
     def __len__(self) -> int:
         return len(self.keys_)
 
-    def add(self, f: HostFlows) -> HostRows:
-        """Merge released (time-ordered) flows; per-flow running counts for the detectors."""
+    def add(self, f: HostFlows, *, running: bool = True) -> HostRows:
+        """Merge released (time-ordered) flows; per-flow running counts for the detectors
+        (left at 0 without ``running``: audit flows are learned, not scored)."""
         n = len(f)
         win = np.floor(f.start / self.window).astype(np.int64)
         rk = combine(f.host, win)
@@ -264,37 +266,36 @@ class HostWindows:
                        known_failures=np.zeros(n, dtype=np.int64))
         if not len(rows):
             return out
-        t = f.take(rows)
+        t = f.take(rows) if len(rows) < n else f
         tr, tk, tw = ridx[rows], rk[rows], win[rows]
         c = self.cols_
-        out.flows[rows] = c["flows"][tr] + group_cumsum(tr, np.ones(len(rows), dtype=np.int64))
-        out.failures[rows] = c["failures"][tr] + group_cumsum(tr, t.failed.astype(np.int64))
+        failed = t.failed.astype(np.int64)
         kf = (t.failed & ~t.new_edge).astype(np.int64)
-        out.known_failures[rows] = c["known_failures"][tr] + group_cumsum(tr, kf)
-        np.add.at(c["known_failures"], tr, kf)
-        np.add.at(c["flows"], tr, 1)
-        np.add.at(c["bytes"], tr, t.bytes)
-        np.add.at(c["failures"], tr, t.failed.astype(np.int64))
+        if running:
+            order = np.argsort(tr, kind="stable")  # one grouping for the three running sums
+            out.flows[rows] = c["flows"][tr] + _cumsum_by(order, tr, np.ones(len(rows),
+                                                                             dtype=np.int64))
+            out.failures[rows] = c["failures"][tr] + _cumsum_by(order, tr, failed)
+            out.known_failures[rows] = c["known_failures"][tr] + _cumsum_by(order, tr, kf)
+        nr = len(c["flows"])
+        c["flows"] += np.bincount(tr, minlength=nr)
+        c["bytes"] += np.bincount(tr, weights=t.bytes, minlength=nr).astype(np.int64)
+        c["failures"] += np.bincount(tr, weights=failed, minlength=nr).astype(np.int64)
+        c["known_failures"] += np.bincount(tr, weights=kf, minlength=nr).astype(np.int64)
         np.maximum.at(c["app"], tr, t.app)
-        self.peers_.add(tk, t.peer, tw)
-        self.apps_.add(tk, t.peer_app.astype(np.uint64), tw)
-        pp_group = combine(tk, t.port.astype(np.int64))
-        before = self.port_peers_.counts(np.unique(pp_group))
-        running = self.port_peers_.add(pp_group, t.peer, tw,
-                                       label=combine(t.app, t.port.astype(np.int64)),
-                                       label2=combine(t.host, t.port.astype(np.int64)))
-        out.port_peers[rows] = running
-        # pairs/ports per row: growth of each (host, window, port) group in this batch
-        gu, ginv = np.unique(pp_group, return_inverse=True)
-        after = self.port_peers_.counts(gu)
-        grow = after - before
-        owner = np.zeros(len(gu), dtype=np.int64)
-        owner[ginv] = tr
-        np.add.at(c["pairs"], owner, grow)
-        np.add.at(c["ports"], owner, ((before == 0) & (after > 0)).astype(np.int64))
+        self.peers_.add(tk, t.peer, tw, running=False)
+        self.apps_.add(tk, t.peer_app.astype(np.uint64), tw, running=False)
+        port64 = t.port.astype(np.int64)
+        pp, stored, created = self.port_peers_.add(
+            combine(tk, port64), t.peer, tw, label=combine(t.app, port64),
+            label2=combine(t.host, port64), running=running)
+        if pp is not None:
+            out.port_peers[rows] = pp
+        c["pairs"] += np.bincount(tr[stored], minlength=nr)
+        c["ports"] += np.bincount(tr[created], minlength=nr)
         ne = np.flatnonzero(t.new_edge)
         if len(ne):
-            self.new_edges_.add(tk[ne], t.edge[ne].astype(np.uint64), tw[ne])
+            self.new_edges_.add(tk[ne], t.edge[ne].astype(np.uint64), tw[ne], running=False)
         return out
 
     def take_closed(self, watermark: float, audit_end: float | None = None, *,
@@ -359,6 +360,20 @@ class HostWindows:
         w.new_edges_ = DistinctCounter.from_state(state["new_edges"], **p)
         w.dropped_flows_ = int(state["dropped_flows"])
         return w
+
+
+def _cumsum_by(order: np.ndarray, group: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Running sum of ``values`` within each group in row order, ``order`` being a stable
+    argsort of ``group``."""
+    v = values[order]
+    g = group[order]
+    cs = np.cumsum(v)
+    head = np.r_[True, g[1:] != g[:-1]]
+    starts = np.flatnonzero(head)
+    offset = (cs[starts] - v[starts])[np.cumsum(head) - 1]
+    out = np.empty_like(cs)
+    out[order] = cs - offset
+    return out
 
 
 def empty_features() -> dict[str, np.ndarray]:

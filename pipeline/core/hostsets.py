@@ -99,25 +99,32 @@ class DistinctCounter:
         self.refused_ = 0
 
     def add(self, group: np.ndarray, value: np.ndarray, win: np.ndarray,
-            label: np.ndarray | None = None, label2: np.ndarray | None = None) -> np.ndarray:
-        """Merge rows (time-ordered); the group's distinct count after each row. ``label``
-        (one uint64 per row, the same for a group's rows) is kept per group for
-        :meth:`prune`."""
+            label: np.ndarray | None = None, label2: np.ndarray | None = None, *,
+            running: bool = True) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+        """Merge rows (time-ordered). Returns (the group's distinct count after each row, or
+        None unless ``running``; rows that added a stored member; rows that created a
+        group). ``label``/``label2`` (uint64 per row, the same for a group's rows) are kept
+        per group for :meth:`prune`."""
         n = len(group)
         if not n:
-            return np.zeros(0, dtype=np.int64)
+            return (np.zeros(0, dtype=np.int64) if running else None,
+                    np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
         member = combine(group, value)
-        uniq, first, inv = np.unique(member, return_index=True, return_inverse=True)
-        known = sorted_find(self.members_, uniq) >= 0
-        new = np.zeros(n, dtype=np.int64)
-        new[first[~known]] = 1
-        gu, ginv = np.unique(group, return_inverse=True)
+        uniq, first = np.unique(member, return_index=True)
+        fresh = first[sorted_find(self.members_, uniq) < 0]  # rows adding a new member
+        gu, gfirst, ginv = np.unique(group, return_index=True, return_inverse=True)
         gpos = sorted_find(self.groups_, gu)
         base = take_at(self.count_, gpos)
-        running = base[ginv] + group_cumsum(ginv, new)
-        store = (new == 1) & (running <= self.per_group)
-        running = np.minimum(running, self.per_group)
-        rows = np.flatnonzero(store)
+        added = np.bincount(ginv[fresh], minlength=len(gu))
+        run: np.ndarray | None = None
+        if running or (base + added > self.per_group).any():
+            new = np.zeros(n, dtype=np.int64)
+            new[fresh] = 1
+            run = base[ginv] + group_cumsum(ginv, new)
+            fresh = fresh[run[fresh] <= self.per_group]
+            run = np.minimum(run, self.per_group)
+        final = np.minimum(base + added, self.per_group)
+        rows = np.sort(fresh)
         room = self.max_members - len(self.members_)
         if len(rows) > room:
             self.refused_ += len(rows) - max(room, 0)
@@ -128,27 +135,20 @@ class DistinctCounter:
             at = np.searchsorted(self.members_, m[o])
             self.members_ = np.insert(self.members_, at, m[o])
             self.member_win_ = np.insert(self.member_win_, at, win[rows][o])
-        final = np.zeros(len(gu), dtype=np.int64)
-        np.maximum.at(final, ginv, running)
-        gwin = np.zeros(len(gu), dtype=np.int64)
-        gwin[ginv] = win
-        glab = np.zeros(len(gu), dtype=np.uint64)
-        glab2 = np.zeros(len(gu), dtype=np.uint64)
-        if label is not None:
-            glab[ginv] = label
-        if label2 is not None:
-            glab2[ginv] = label2
         old = gpos >= 0
         self.count_[gpos[old]] = final[old]
-        if (~old).any():
+        created = gfirst[~old]
+        if len(created):
             at = np.searchsorted(self.groups_, gu[~old])
             self.groups_ = np.insert(self.groups_, at, gu[~old])
-            self.group_win_ = np.insert(self.group_win_, at, gwin[~old])
+            self.group_win_ = np.insert(self.group_win_, at, win[created])
             self.count_ = np.insert(self.count_, at, final[~old])
-            self.label_ = np.insert(self.label_, at, glab[~old])
-            self.label2_ = np.insert(self.label2_, at, glab2[~old])
-        del inv
-        return running
+            zeros = np.zeros(len(created), dtype=np.uint64)
+            self.label_ = np.insert(self.label_, at,
+                                    zeros if label is None else label[created])
+            self.label2_ = np.insert(self.label2_, at,
+                                     zeros if label2 is None else label2[created])
+        return (run if running else None), rows, created
 
     def counts(self, groups: np.ndarray) -> np.ndarray:
         """Current count of each group (0 when unknown)."""
@@ -218,14 +218,18 @@ class RunningSums:
         self.label_ = np.zeros(0, dtype=np.int64)  # what the group belongs to (an edge key)
         self.sum_ = np.zeros(0, dtype=np.float64)
         self.max_ = np.zeros(0, dtype=np.int64)
+        self.n_ = np.zeros(0, dtype=np.int64)
         self.refused_ = 0
 
-    def add(self, key: np.ndarray, label: np.ndarray, win: np.ndarray,
-            values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(running total per row, running maximum per row, rows that were summed)."""
+    def add(self, key: np.ndarray, label: np.ndarray, win: np.ndarray, values: np.ndarray,
+            *, running: bool = True
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(running total, running maximum, running row count, summed) per row; without
+        ``running`` only the state is updated (the first three are empty)."""
         n = len(key)
         if not n:
-            return np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
+            return (np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64),
+                    np.zeros(0, dtype=bool))
         gu, first, ginv = np.unique(key, return_index=True, return_inverse=True)
         pos = sorted_find(self.keys_, gu)
         new = np.flatnonzero(pos < 0)
@@ -244,20 +248,33 @@ class RunningSums:
                 self.label_ = np.insert(self.label_, at, label[first[t]])
                 self.sum_ = np.insert(self.sum_, at, 0.0)
                 self.max_ = np.insert(self.max_, at, 0)
+                self.n_ = np.insert(self.n_, at, 0)
                 pos = sorted_find(self.keys_, gu)
         ok = ok_g[ginv]
         v = np.where(ok, values, 0).astype(np.float64)
-        base = take_at(self.sum_, pos, 0.0)
-        running = base[ginv] + group_cumsum(ginv, v)
-        totals = np.bincount(ginv, weights=v, minlength=len(gu))
         hit = pos >= 0
-        self.sum_[pos[hit]] += totals[hit]
         vi = np.where(ok, values, 0).astype(np.int64)
+        if not running:
+            self.sum_[pos[hit]] += np.bincount(ginv, weights=v, minlength=len(gu))[hit]
+            gmax = take_at(self.max_, pos)
+            np.maximum.at(gmax, ginv, vi)
+            self.max_[pos[hit]] = gmax[hit]
+            self.n_[pos[hit]] += np.bincount(ginv, weights=ok, minlength=len(gu)).astype(
+                np.int64)[hit]
+            e = np.zeros(0)
+            return e, e.astype(np.int64), e.astype(np.int64), ok
+        base = take_at(self.sum_, pos, 0.0)
+        running_sum = base[ginv] + group_cumsum(ginv, v)
+        totals = np.bincount(ginv, weights=v, minlength=len(gu))
+        self.sum_[pos[hit]] += totals[hit]
         run_max = np.maximum(take_at(self.max_, pos)[ginv], group_cummax(ginv, vi))
         gmax = np.zeros(len(gu), dtype=np.int64)
         np.maximum.at(gmax, ginv, run_max)
         self.max_[pos[hit]] = gmax[hit]
-        return running, run_max, ok
+        run_n = take_at(self.n_, pos)[ginv] + group_cumsum(ginv, ok.astype(np.int64))
+        self.n_[pos[hit]] += np.bincount(ginv, weights=ok, minlength=len(gu)).astype(
+            np.int64)[hit]
+        return running_sum, run_max, run_n, ok
 
     def pop(self, before_win: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Remove the groups of windows before ``before_win``: (labels, windows, sums,
@@ -267,11 +284,12 @@ class RunningSums:
         keep = ~done
         self.keys_, self.win_ = self.keys_[keep], self.win_[keep]
         self.label_, self.sum_, self.max_ = self.label_[keep], self.sum_[keep], self.max_[keep]
+        self.n_ = self.n_[keep]
         return out
 
     def state(self) -> dict[str, Any]:
         return {"keys": self.keys_, "win": self.win_, "label": self.label_, "sum": self.sum_,
-                "max": self.max_, "refused": self.refused_}
+                "max": self.max_, "n": self.n_, "refused": self.refused_}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any], **params: Any) -> Self:
@@ -281,6 +299,7 @@ class RunningSums:
         s.label_ = np.array(state["label"], dtype=np.int64)
         s.sum_ = np.array(state["sum"], dtype=np.float64)
         s.max_ = np.array(state["max"], dtype=np.int64)
+        s.n_ = np.array(state["n"], dtype=np.int64)
         s.refused_ = int(state["refused"])
         return s
 

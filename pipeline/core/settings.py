@@ -267,7 +267,7 @@ class CoreSettings:
         8, "regular intervals a (host, peer, port) series needs before it is a beacon",
         low=3, high=12, metavar="N")
     beacon_max_jitter: float = setting(
-        0.2, "largest std/mean of a beacon's last intervals", low=0, low_open=True, high=1.5,
+        0.15, "largest std/mean of a beacon's last intervals", low=0, low_open=True, high=1.5,
         metavar="RATIO")
     max_hosts: int = setting(
         65_536, "source hosts tracked per host window at most (flows of further hosts are "
