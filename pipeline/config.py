@@ -119,6 +119,7 @@ _ANNOTATIONS: dict[str, Any] = {
     "float": float, "int": int, "bool": bool, "time": float | None,
     "cidrs": Annotated[tuple[str, ...], NoDecode],  # text is parsed by SettingInfo.parse
     "labels": Annotated[tuple[str, ...], NoDecode],
+    "text": str,
 }
 
 

@@ -28,6 +28,8 @@ def other_value(info: SettingInfo) -> Any:
         return ("10.0.0.0/8", "fd00::/8")
     if info.kind == "labels":
         return ("tier=db:10", "pci=yes:30")
+    if info.kind == "text":
+        return "off"
     value = info.default + 1
     if info.high is not None and value > info.high:
         value = info.default - 1

@@ -197,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--kinds", default="all",
                     help="attack kinds, comma-separated, 'classic' or 'all' (default %(default)s)")
     ev.add_argument("--json", type=Path, help="also write every score as JSON here")
+    ev.add_argument("--behaviour-model", default="", metavar="PATH|off",
+                    help="the behaviour model (core setting behaviour_model; default: fit on "
+                    "each estate's audit), 'off' to compare without it")
     cap = ev.add_argument_group("real labeled captures")
     cap.add_argument("--capture", type=Path, nargs="+", metavar="CONN_LOG",
                      help="labeled Zeek conn logs (label/detailedlabel columns, e.g. the "
@@ -442,7 +445,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(f"  {res.label}: {res.flows:,} flows in {res.seconds:.0f} s", file=sys.stderr,
                   flush=True)
 
-        results = ev.run_eval(specs, _kinds(args.kinds), progress=progress)
+        results = ev.run_eval(specs, _kinds(args.kinds), progress=progress,
+                              core={"behaviour_model": args.behaviour_model})
     sys.stdout.write(ev.format_results(results))
     if args.json:
         import orjson

@@ -215,7 +215,8 @@ def _slices(table: pa.Table, after: float, step: float) -> Iterator[pa.Table]:
             yield table.slice(lo, hi - lo)
 
 
-def run_estate(spec: EstateSpec, kinds: tuple[str, ...], *, slice_s: float = SLICE) -> RunResult:
+def run_estate(spec: EstateSpec, kinds: tuple[str, ...], *, slice_s: float = SLICE,
+               core: dict[str, Any] | None = None) -> RunResult:
     """Generate one estate and score segflow and the naive detectors on it."""
     from pipeline.generate import build_estate, iter_flow_chunks
 
@@ -223,7 +224,8 @@ def run_estate(spec: EstateSpec, kinds: tuple[str, ...], *, slice_s: float = SLI
     cfg = spec.config(kinds)
     estate = build_estate(cfg)
     inventory = Inventory([entry_from_record(r) for r in estate.inventory])
-    h = _Harness(CoreSettings(audit_days=cfg.audit_days, audit_start=cfg.start), inventory)
+    h = _Harness(CoreSettings(**{**(core or {}), "audit_days": cfg.audit_days,
+                                 "audit_start": cfg.start}), inventory)
     for day in iter_flow_chunks(estate):
         for part in _slices(day, cfg.audit_end, slice_s):
             h.feed(part)
@@ -237,13 +239,14 @@ def run_estate(spec: EstateSpec, kinds: tuple[str, ...], *, slice_s: float = SLI
 
 
 def run_eval(specs: Iterable[EstateSpec], kinds: tuple[str, ...] | None = None, *,
-             slice_s: float = SLICE, progress: Any = None) -> list[RunResult]:
+             slice_s: float = SLICE, progress: Any = None,
+             core: dict[str, Any] | None = None) -> list[RunResult]:
     """Every estate of ``specs`` (all attack kinds unless ``kinds``)."""
     from pipeline.generate.config import ATTACK_KINDS
 
     out = []
     for spec in specs:
-        res = run_estate(spec, kinds or ATTACK_KINDS, slice_s=slice_s)
+        res = run_estate(spec, kinds or ATTACK_KINDS, slice_s=slice_s, core=core)
         if progress is not None:
             progress(res)
         out.append(res)

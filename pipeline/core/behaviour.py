@@ -378,7 +378,7 @@ at least 1.5 (one feature ~4.5 robust sigmas, or several ~2–3) however regular
 State bound: ``max_windows`` windows per app."""
 SIGNALS_MAX = 1 << 16
 """(host, window) rule-based signals remembered at most (the oldest windows go first)."""
-Signal = tuple[float, int, int, int, int, str]  # start, type code, server wid, port, proto, ip
+Signal = tuple[int, int, int, str, int]  # type code, port, proto, server address, server wid
 
 
 class BehaviourGate:
@@ -389,15 +389,20 @@ class BehaviourGate:
     audit, each closed window is scored; it becomes a ``behaviour_anomaly`` candidate only
     when it is anomalous *and* its host had a rule-based candidate in the same window
     (:meth:`note`), so the model adds evidence to an alert but never raises one alone.
-    The candidate reuses that first rule signal's edge (server, port, proto, address) and
-    time, and carries the model's evidence: score, threshold and the features that drove it.
+    The candidate starts at the window's start (``judged_at``: its end plus ``delay``, the
+    event time at which the window closes and is scored) and reuses the edge of one of the
+    host's rule signals in the window (the least by type, port, protocol and server
+    address: a choice that does not depend on arrival order, unlike the flow a volume
+    threshold is crossed at); it carries the model's evidence: score, threshold and the
+    features that drove it.
 
     Bounded: the model's reservoir (``max_windows`` per app), :data:`SIGNALS_MAX` signals,
     pruned as windows close."""
 
     def __init__(self, *, window: float, type_code: int, model: BehaviourModel | None = None,
-                 top: int = 3) -> None:
+                 delay: float = 0.0, top: int = 3) -> None:
         self.window = window
+        self.delay = delay
         self.type_code = type_code
         self.top = top
         self.shipped = model is not None
@@ -413,21 +418,24 @@ class BehaviourGate:
     def note(self, type_code: np.ndarray, start: np.ndarray, client_ip: Sequence[str],
              server: np.ndarray, port: np.ndarray, proto: np.ndarray,
              server_ip: Sequence[str]) -> None:
-        """Remember rule-based candidates: per (host address, window), the first one."""
+        """Remember rule-based candidates: per (host address, window), the least by (type,
+        port, protocol, server address): the same whatever the batches and their order."""
         if not len(start):
             return
         win = np.floor(np.asarray(start, dtype=np.float64) / self.window) * self.window
         ips, ip_inv = np.unique(np.asarray(client_ip, dtype=str), return_inverse=True)
-        order = np.lexsort((proto, port, server, type_code, start, win, ip_inv.ravel()))
-        key = np.stack([ip_inv.ravel(), win], axis=1)[order]
+        sips, sip_inv = np.unique(np.asarray(server_ip, dtype=str), return_inverse=True)
+        ip_inv, sip_inv = ip_inv.ravel(), sip_inv.ravel()
+        order = np.lexsort((sip_inv, proto, port, type_code, win, ip_inv))
+        key = np.stack([ip_inv, win], axis=1)[order]
         first = order[np.r_[True, (key[1:] != key[:-1]).any(axis=1)]]
         sig = self.signals_
         for i in first.tolist():
-            k = (str(ips[ip_inv.ravel()[i]]), float(win[i]))
-            cand = (float(start[i]), int(type_code[i]), int(server[i]), int(port[i]),
-                    int(proto[i]), str(server_ip[i]))
+            k = (str(ips[ip_inv[i]]), float(win[i]))
+            cand = (int(type_code[i]), int(port[i]), int(proto[i]), str(sips[sip_inv[i]]),
+                    int(server[i]))
             old = sig.get(k)
-            if old is None or cand < old:
+            if old is None or cand[:4] < old[:4]:
                 sig[k] = cand
         if len(sig) > SIGNALS_MAX:
             for k in sorted(sig, key=lambda k: (k[1], k[0]))[: len(sig) - SIGNALS_MAX]:
@@ -490,15 +498,16 @@ class BehaviourGate:
                      for k, f in enumerate(top[j].tolist()) if k == 0 or abs(Z[j, f]) >= 2]
             extra.append({"model_score": round(float(d[i]), 4), "host": str(ips[keep[j]]),
                           "window_start": float(wins[keep[j]]), "window_s": self.window,
-                          "signal": int(sigs[j][1]), "drivers": feats})
+                          "judged_at": float(wins[keep[j]]) + self.window + self.delay,
+                          "signal": int(sigs[j][0]), "drivers": feats})
         return {
             "rows": rows[sel],
             "type_code": np.full(len(sel), self.type_code, dtype=np.int64),
-            "start": np.array([s[0] for s in sigs]),
-            "server": np.array([s[2] for s in sigs], dtype=np.int64),
-            "port": np.array([s[3] for s in sigs], dtype=np.int64),
-            "proto": np.array([s[4] for s in sigs], dtype=np.int64),
-            "server_ip": [s[5] for s in sigs],
+            "start": wins[keep],
+            "server": np.array([s[4] for s in sigs], dtype=np.int64),
+            "port": np.array([s[1] for s in sigs], dtype=np.int64),
+            "proto": np.array([s[2] for s in sigs], dtype=np.int64),
+            "server_ip": [s[3] for s in sigs],
             "client_ip": [str(ips[k]) for k in keep],
             "extra": extra,
         }
@@ -533,8 +542,8 @@ class BehaviourGate:
             if state["fitted"]:
                 g.model_.fit_collected()
         for ip, w, *v in state["signals"]:
-            g.signals_[(str(ip), float(w))] = (float(v[0]), int(v[1]), int(v[2]), int(v[3]),
-                                               int(v[4]), str(v[5]))
+            g.signals_[(str(ip), float(w))] = (int(v[0]), int(v[1]), int(v[2]), str(v[3]),
+                                               int(v[4]))
         g.counts_.update(state["counts"])
         return g
 

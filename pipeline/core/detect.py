@@ -58,8 +58,9 @@ FAILED = "failed_connections"
 HOST_VOLUME = "host_volume"
 BEACON = "beacon"
 PROVISIONAL_EDGE = "provisional_edge"  # a flow on an edge the audit saw too little to trust
+BEHAVIOUR = "behaviour_anomaly"  # the behaviour model corroborating a rule (core.behaviour)
 TYPES = (NEW_EDGE, NEW_PORT, SCAN, VOLUME, OFF_HOURS, FAN_OUT, FAILED, HOST_VOLUME, BEACON,
-         PROVISIONAL_EDGE)
+         PROVISIONAL_EDGE, BEHAVIOUR)
 _TYPE_CODE = {t: i for i, t in enumerate(TYPES)}
 SAMPLE = 8  # addresses kept as evidence per event
 _TARGETS_MAX = 4096  # distinct targets ranked per client window (and servers per scan)
@@ -522,6 +523,7 @@ class ViolationWindows:
 
 __all__ = [
     "BEACON",
+    "BEHAVIOUR",
     "DETECT_LATENESS_MAX",
     "FAILED",
     "FAN_OUT",

@@ -16,6 +16,7 @@ from typing import Any
 
 from pipeline.core.detect import (
     BEACON,
+    BEHAVIOUR,
     FAILED,
     FAN_OUT,
     HOST_VOLUME,
@@ -190,9 +191,9 @@ def violation_event(a: Agg, workloads: Workloads, known: KnownTraffic, *,
         "count": a.count,
         "first_seen": iso(a.first),
         "last_seen": iso(a.last),
-        "detector": "edge_baseline",
+        "detector": "behaviour_model" if a.type == BEHAVIOUR else "edge_baseline",
         "version": a.count,
-        "detected_at": iso(a.first + detection_lateness),
+        "detected_at": iso(_detected_at(a, detection_lateness)),
     }
 
 
@@ -261,6 +262,8 @@ def _explain(a: Agg, src: str, dst: str, workloads: Workloads, known: KnownTraff
         score = int(min(95, 60 + 10 * math.log10(max(ratio, 1.0))))
         reason = (f"{src} sent {human_bytes(hb)} to {dst} on {port} within an hour, "
                   f"~{ratio:.0f}x its usual hourly volume.")
+    elif a.type == BEHAVIOUR:
+        expected, score, reason = _explain_behaviour(a, src, seen)
     elif a.type in _HOST_TYPES:
         expected, score, reason = _explain_host(a, src, dst, port, seen)
     elif a.type == PROVISIONAL_EDGE:
@@ -291,6 +294,50 @@ def _explain(a: Agg, src: str, dst: str, workloads: Workloads, known: KnownTraff
 
 
 _HOST_TYPES = (FAN_OUT, FAILED, HOST_VOLUME, BEACON)
+
+
+def _detected_at(a: Agg, detection_lateness: float) -> float:
+    """The event time at which the event is first emitted: its first flow plus the detection
+    lateness; for a behaviour-model event, when its host window closed and was scored (the
+    model judges whole windows: ``ts`` is the window's start)."""
+    t = a.first + detection_lateness
+    if a.type == BEHAVIOUR and "judged_at" in a.extra:
+        t = max(t, float(a.extra["judged_at"]))
+    return t
+
+
+def _explain_behaviour(a: Agg, src: str, seen: dict[str, Any]
+                       ) -> tuple[dict[str, Any], int, str]:
+    """(expected, score, reason) of a behaviour-model corroboration (core.behaviour): the
+    features that drove the host window's score, with their value and the app's median."""
+    from pipeline.core.detect import TYPES
+
+    ex = a.extra
+    drivers = ex.get("drivers", [])
+    host = ex.get("host") or (a.client_ips[0] if a.client_ips else src)
+    signal = TYPES[int(ex["signal"])] if 0 <= int(ex.get("signal", -1)) < len(TYPES) else "rule"
+    seen["host"] = host
+    seen["window_start"] = iso(float(ex.get("window_start", a.window)))
+    seen["features"] = {d["name"]: d["value"] for d in drivers}
+    seen["deviations"] = {d["name"]: d["z"] for d in drivers}
+    seen["model_score"] = ex.get("model_score")
+    expected: dict[str, Any] = {"app_median": {d["name"]: d["usual"] for d in drivers},
+                                "model_threshold": 0.0}
+    top = max((abs(float(d["z"])) for d in drivers), default=0.0)
+    score = min(80, 55 + int(top))  # corroborating evidence: high at most
+    parts = ", ".join(f"{_feature_text(d)}" for d in drivers) or "its features"
+    reason = (f"host {host} ({src}) behaved unlike its app's audit windows in the hour of a "
+              f"{signal}: {parts}.")
+    return expected, score, reason
+
+
+def _feature_text(d: dict[str, Any]) -> str:
+    name, value, usual, z = d["name"], d["value"], d["usual"], float(d["z"])
+    if name in ("hour_sin", "hour_cos"):
+        return f"hour of week {value} ({z:+.0f}σ)"
+    if name == "bytes_out":
+        return f"{human_bytes(float(value))} out (usual {human_bytes(float(usual))}, {z:+.0f}σ)"
+    return f"{name.replace('_', ' ')} {value} (usual {usual}, {z:+.0f}σ)"
 
 
 def _explain_host(a: Agg, src: str, dst: str, port: str, seen: dict[str, Any]

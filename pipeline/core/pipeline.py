@@ -35,7 +35,9 @@ from pipeline.core.baseline import (
     unpack_keys,
     whole_units,
 )
+from pipeline.core.behaviour import BehaviourGate, BehaviourModel
 from pipeline.core.detect import (
+    BEHAVIOUR,
     NEW_EDGE,
     NEW_PORT,
     OFF_HOURS,
@@ -94,6 +96,26 @@ def _host_params(s: CoreSettings) -> HostParams:
                       max_hosts=s.max_hosts)
 
 
+def _behaviour_gate(s: CoreSettings) -> BehaviourGate | None:
+    """The behaviour model's gate: fitted on the audit windows, shipped (a folder), or off."""
+    if s.behaviour_model.lower() == "off":
+        return None
+    model: BehaviourModel | None = None
+    if s.behaviour_model:
+        from pathlib import Path
+
+        from pipeline.storage.models import load_model
+
+        model = load_model(Path(s.behaviour_model))[0]
+    return BehaviourGate(window=s.host_window, delay=s.lateness,
+                         type_code=TYPES.index(BEHAVIOUR), model=model)
+
+
+def _behaviour_params(s: CoreSettings, gate: BehaviourGate) -> dict[str, Any]:
+    return {"window": s.host_window, "delay": s.lateness, "type_code": gate.type_code,
+            "model": gate.model_ if gate.shipped else None}
+
+
 def _baseline_params(s: CoreSettings) -> dict[str, Any]:
     return {"max_edges": s.max_edges, "max_edges_per_workload": s.max_edges_per_workload,
             "volume_min_bytes": s.volume_min_bytes, "lateness": s.lateness}
@@ -132,6 +154,7 @@ class Pipeline:
         self.windows = ViolationWindows(**_windows_params(settings))
         self.incidents = Incidents(**_incidents_params(settings))
         self.hosts = HostBehaviour(_host_params(settings))
+        self.behaviour = _behaviour_gate(settings)
         self._external: tuple[Any, np.ndarray] = (None, np.zeros(0, dtype=bool))
         self.counts: dict[str, int] = defaultdict(int)
         self._audit_start: float | None = settings.audit_start
@@ -309,7 +332,16 @@ class Pipeline:
                                           self.audit_end, everything=everything,
                                           first_seen=self._first_seen)
         for c in cands:
-            self.windows.add(c)
+            self._add_candidates(c)
+        if self.behaviour is not None:
+            infos = self.workloads.infos
+            found = self.behaviour.step(feats, lambda wid: infos[wid].key)
+            if found is not None:
+                rows = found.pop("rows")
+                self.windows.add(Candidates(
+                    client=np.asarray(feats["app"])[rows].astype(np.int64),
+                    bytes=np.asarray(feats["bytes_out"])[rows].astype(np.int64),
+                    rejected=np.zeros(len(rows), dtype=bool), **found))
         return feats
 
     # -- audit findings and readiness ------------------------------------------------------
@@ -365,6 +397,14 @@ class Pipeline:
         if self.baseline.frozen_ and len(self._trusted) == len(self.baseline):
             return self._trusted
         return trusted_rows(self.baseline, self.settings, self.audit.finding_rows(self.baseline))
+
+    def _add_candidates(self, c: Candidates) -> None:
+        """Rule-based candidates into the violation windows (and to the behaviour model,
+        which only ever corroborates them)."""
+        self.windows.add(c)
+        if self.behaviour is not None:
+            self.behaviour.note(c.type_code, c.start, c.client_ip, c.server, c.port, c.proto,
+                                c.server_ip)
 
     # -- audit end -----------------------------------------------------------------------
     def end_audit(self) -> list[dict[str, Any]]:
@@ -448,6 +488,7 @@ class Pipeline:
             "hosts": self.hosts.state(),
             "audit": self.audit.state(),
             "readiness_days": self._readiness_days,
+            **({"behaviour": self.behaviour.state()} if self.behaviour is not None else {}),
         }
 
     @classmethod
@@ -469,6 +510,9 @@ class Pipeline:
             p.hosts = HostBehaviour.from_state(state["hosts"], _host_params(settings))
         p.audit = AuditWatch.from_state(state.get("audit"), **_audit_params(settings))
         p._readiness_days = int(state.get("readiness_days", 0))
+        if p.behaviour is not None and "behaviour" in state:
+            p.behaviour = BehaviourGate.from_state(state["behaviour"],
+                                                   **_behaviour_params(settings, p.behaviour))
         if p.baseline.frozen_:
             p._known = p._known_traffic()
             p._fix_trust()
@@ -551,7 +595,7 @@ class Pipeline:
                 violating[s_idx] = True
 
         for rows_idx, codes, extras in parts:
-            self.windows.add(
+            self._add_candidates(
                 Candidates(
                     type_code=codes.astype(np.int64),
                     client=e.client_wid[rows_idx],

@@ -236,7 +236,8 @@ EDGE_MINUTE = Record(
 )
 
 VIOLATION_TYPES = ("new_edge", "new_port", "scan", "volume_spike", "off_hours", "fan_out",
-                   "failed_connections", "host_volume", "beacon", "provisional_edge")
+                   "failed_connections", "host_volume", "beacon", "provisional_edge",
+                   "behaviour_anomaly")
 
 VIOLATION = Record(
     table="violations",

@@ -23,7 +23,7 @@ from pipeline.core.incidents import parse_criticality
 from pipeline.core.inventory import DEFAULT_INTERNAL_CIDRS
 from pipeline.core.normalize import parse_time_text
 
-Kind = Literal["float", "int", "bool", "time", "cidrs", "labels"]
+Kind = Literal["float", "int", "bool", "time", "cidrs", "labels", "text"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +74,8 @@ class SettingInfo:
         """A value from text (a flag, an env var): numbers, ``true``/``false``, epoch
         seconds or RFC 3339 times, comma-separated or JSON lists. ValueError if invalid."""
         s = text.strip()
+        if self.kind == "text":
+            return self.check(s)
         if self.kind == "bool":
             low = s.lower()
             if low in ("1", "true", "yes", "on"):
@@ -117,6 +119,10 @@ class SettingInfo:
     def check(self, value: Any) -> Any:
         """``value`` of the right type and in range, normalised (ints as int, lists as
         tuples); ValueError saying what is allowed otherwise."""
+        if self.kind == "text":
+            if not isinstance(value, str):
+                raise ValueError(f"must be text, got {value!r}")
+            return value.strip()
         if self.kind == "bool":
             if not isinstance(value, bool):
                 raise ValueError(f"must be true or false, got {value!r}")
@@ -272,6 +278,10 @@ class CoreSettings:
     max_hosts: int = setting(
         65_536, "source hosts tracked per host window at most (flows of further hosts are "
         "counted, not scored)", low=1, metavar="N")
+    behaviour_model: str = setting(
+        "", "per-host behaviour model: empty fits one on this run's audit windows, 'off' "
+        "disables it, or a folder saved by the notebook (behaviour.skops + manifest.json)",
+        kind="text", metavar="PATH|off", default_text="fit on the audit")
 
     def __post_init__(self) -> None:
         for info in SETTINGS:

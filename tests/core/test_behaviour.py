@@ -192,8 +192,8 @@ def test_gate_corroborates_rule_signals_only() -> None:
     out = g.step(after, keys)
     assert g.fitted and out is not None
     assert out["client_ip"] == ["10.0.0.3"] and out["rows"].tolist() == [3]
-    # the host's first rule signal in the window gives the edge and the time
-    assert out["start"].tolist() == [t0 + 48 * 3600 + 60.0] and out["port"].tolist() == [139]
+    # the window's start, and the edge of the host's least rule signal (type, port, ...)
+    assert out["start"].tolist() == [t0 + 48 * 3600] and out["port"].tolist() == [445]
     ex = out["extra"][0]
     assert ex["drivers"][0]["name"] == "peers" and ex["drivers"][0]["value"] == 80
     assert ex["model_score"] < 0 and ex["host"] == "10.0.0.3"

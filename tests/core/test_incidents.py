@@ -244,9 +244,11 @@ def test_core_groups_a_sources_violations_into_one_critical_incident() -> None:
     assert set(by_source) == {"x/intruder", "shop/web"}
     vids = {v["id"]: v for v in runs[0][0]}
     web = by_source["shop/web"]
-    # the exactly periodic 1 MB flows are also one host's volume and a beacon (core/hostdetect)
-    assert web["types"] == ["beacon", "host_volume", "new_edge", "volume_spike"]
-    assert web["violations"] == 4
+    # the exactly periodic 1 MB flows are also one host's volume and a beacon (core/hostdetect),
+    # and the behaviour model corroborates the host's hour (core/behaviour)
+    assert web["types"] == ["beacon", "behaviour_anomaly", "host_volume", "new_edge",
+                            "volume_spike"]
+    assert web["violations"] == 5
     assert web["critical_assets"] == ["shop/db (tier=db)"] and web["criticality"] == 15
     assert web["severity"]["score"] == min(
         100, max(vids[i]["severity"]["score"] for i in web["violation_ids"]) + 15)

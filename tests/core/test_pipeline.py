@@ -88,7 +88,10 @@ def test_off_hours_and_volume_spike():
     ]
     _, violations, _, _ = run(recs)
     types = sorted(v["type"] for v in violations)
-    assert types == ["off_hours", "volume_spike"]
+    # the behaviour model corroborates the spike: web's hour is unlike its audit hours
+    assert types == ["behaviour_anomaly", "off_hours", "volume_spike"]
+    beh = next(v for v in violations if v["type"] == "behaviour_anomaly")
+    assert beh["src_ip"] == "10.0.0.1" and "bytes_out" in beh["evidence"]["seen"]["features"]
     off = next(v for v in violations if v["type"] == "off_hours")
     assert off["evidence"]["seen"]["hour_utc"] == 3
     assert off["evidence"]["expected"]["usual_hours_utc"] == list(range(9, 17))
@@ -141,13 +144,14 @@ def test_results_do_not_depend_on_batch_boundaries():
     _, v7, r7, m7 = run(recs, batches=7)
     _, v99, _, _ = run(recs, batches=99)
     # the 12:00 window's new edge came long before the scan the same client runs then; the
-    # exactly periodic flows are beacons, and the exfiltration is one host's volume too
-    assert sorted(v["type"] for v in v1) == ["beacon"] * 2 + ["host_volume"] + [
-        "new_edge"] * 3 + ["scan", "volume_spike"]
+    # exactly periodic flows are beacons, and the exfiltration is one host's volume too, which
+    # the behaviour model corroborates (the intruder has no audit windows to judge it by)
+    assert sorted(v["type"] for v in v1) == ["beacon"] * 2 + ["behaviour_anomaly"] + [
+        "host_volume"] + ["new_edge"] * 3 + ["scan", "volume_spike"]
     assert sorted(map(str, v1)) == sorted(map(str, v7)) == sorted(map(str, v99))
     assert sorted(r["id"] for r in r1) == sorted(r["id"] for r in r7)
     assert sum(m1.column("flows").to_pylist()) == sum(m7.column("flows").to_pylist())
-    assert len({v["id"] for v in v1}) == len(v1) == 8
+    assert len({v["id"] for v in v1}) == len(v1) == 9
     spike = next(v for v in v1 if v["type"] == "volume_spike")
     assert 0 < spike["count"] < 40  # only the flows from the crossing onwards
 

@@ -204,7 +204,7 @@ def test_flows_of_a_partition_read_ahead_wait_for_the_watermark(
     # b1 → api:9200 (learned from B's last audit half day) raised nothing
     assert not [v for v in latest_by_id(got.violations).values() if v["dst_port"] == 9200]
     assert {v["type"] for v in latest_by_id(want.violations).values()} == {
-        "new_edge", "new_port", "scan"}
+        "new_edge", "new_port", "scan", "behaviour_anomaly"}  # the model corroborates a host
     assert_equal(state, got, replay_ref)
 
 
