@@ -7,15 +7,21 @@ once with a generated estate, then read
 * by a whole worker: ingest (parse, route, produce Arrow batches) → internal topic →
   stateful stage (dedup, core pipeline, events, snapshots) → chdb sink, timed from the
   worker's first raw record until every flow is stored — once as one process
-  (``role = "all"``) and once as two (``segflow worker --role ingest`` in a child process,
-  the stateful stage in this one) — and each stage alone (ingest until every flow is on the
-  internal topic; then the stateful stage over that topic), which is what either process
-  does when it has a core to itself.
+  (``role = "all"``: in-process routing, and once more through the flows topic,
+  ``stream.in_process = false``) and once as two (``segflow worker --role ingest`` in a
+  child process, the stateful stage in this one) — and each stage alone (ingest until every
+  flow is on the internal topic; then the stateful stage over that topic), which is what
+  either process does when it has a core to itself.
+
+``--scaling``: the stateful stage over 4 internal partitions already filled, as 1 and as 2
+``--role stateful`` processes (one chdb store each), rate between 10 % and 90 % of the flows,
+alternating; with the CPU per flow this gives the cores needed for 1M flows/s.
 
 Usage: ``python bench/bench_kafka.py [--flows 200000] [--bootstrap 127.0.0.1:39092]``
 (starts scripts/kafka-local when no bootstrap is given and none is running). Each shape is
-measured ``--repeat`` times, floor and worker alternating, and the medians are printed: on
-a shared machine single runs vary by ±30 %.
+measured ``--repeat`` times, floor and worker alternating; printed are the median ratio to
+the floor of the same round, the spread (lowest–highest ratio) and the machine's load
+average: on a shared machine single runs vary by ±30 %.
 """
 
 from __future__ import annotations
@@ -83,10 +89,27 @@ def fill_topic(bootstrap: str, lines: list[bytes], per_message: int, partitions:
     return topic
 
 
-def broker_cpu_seconds() -> float | None:
-    """CPU seconds used so far by the scripts/kafka-local broker (None if not found)."""
+def _broker_pid() -> int | None:
     try:
-        pid = int((ROOT / ".kafka" / "kafka.pid").read_text())
+        return int((ROOT / ".kafka" / "kafka.pid").read_text())
+    except (OSError, ValueError):
+        pass
+    found = []  # a broker started otherwise: the one Kafka server process on this machine
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and b"kafka.Kafka" in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found[0] if len(found) == 1 else None
+
+
+def broker_cpu_seconds() -> float | None:
+    """CPU seconds used so far by the broker (None if not found)."""
+    try:
+        pid = _broker_pid()
+        if pid is None:
+            return None
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
@@ -129,7 +152,7 @@ def bench_config(bootstrap: str, topic: str, inventory: Path, cfg: GenerateConfi
                  partitions: int) -> tuple[str, Path, dict[str, Any]]:
     """Fresh topic names, a fresh chdb store and the worker settings of one measurement."""
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
-    store = Path(tempfile.mkdtemp(prefix="segflow-bench-store-"))
+    store = Path(tempfile.mkdtemp(prefix="segflow-bench-store-")) / "store"
     config: dict[str, Any] = {
         "kafka": {"bootstrap": bootstrap, "session_timeout": 6.0},
         "topics": {"raw": {topic: "canonical"}, "flows": f"{prefix}-flows",
@@ -200,16 +223,17 @@ def process_cpu_seconds(pid: int) -> float:
 
 
 async def worker_rate(bootstrap: str, topic: str, inventory: Path, cfg: GenerateConfig,
-                      expected: int, partitions: int, *, split: bool
+                      expected: int, partitions: int, *, split: bool, in_process: bool = True
                       ) -> tuple[float, dict[str, float]]:
     """flows/s of a whole worker from its first record until every flow is stored; with
     ``split`` the ingest stage runs as its own process (``segflow worker --role ingest``)."""
     _, store, config = bench_config(bootstrap, topic, inventory, cfg, partitions)
+    config["stream"] = {"in_process": in_process}
     child: subprocess.Popen[bytes] | None = None
     port = 0
     if split:
         port = free_port()
-        cfg_path = store / "ingest.json"
+        cfg_path = store.parent / "ingest.json"
         cfg_path.write_text(json.dumps({**config, "role": "ingest", "metrics_port": port,
                                         "store": "chdb://unused"}))
         env = {k: v for k, v in os.environ.items() if not k.startswith("SEGFLOW_")}
@@ -255,6 +279,81 @@ async def worker_rate(bootstrap: str, topic: str, inventory: Path, cfg: Generate
             child.wait(timeout=60)
 
 
+async def stateful_processes(config: dict[str, Any], expected: int, count: int,
+                             workdir: Path) -> tuple[float, float]:
+    """(flows/s, CPU µs per flow) of ``count`` ``--role stateful`` processes sharing the
+    internal partitions (filled already), between 10 % and 90 % of the flows."""
+    run = uuid.uuid4().hex[:8]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEGFLOW_")}
+    procs, ports = [], []
+    for i in range(count):
+        port = free_port()
+        path = workdir / f"stateful-{run}-{i}.json"
+        path.write_text(json.dumps({
+            **config, "role": "stateful", "metrics_port": port, "app_id": f"scale-{run}",
+            "store": f"chdb://{workdir / f'store-{run}-{i}'}",
+            "topics": {**config["topics"], "state": f"scale-{run}-state",
+                       "control": f"scale-{run}-control"}}))
+        ports.append(port)
+        procs.append(subprocess.Popen([str(Path(sys.executable).parent / "segflow"), "worker",
+                                       "--config", str(path)], env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    flows = config["topics"]["flows"]
+
+    def applied() -> float:
+        return sum(counter_value(p, "segflow_records_in_total", f'topic="{flows}"')
+                   for p in ports)
+
+    try:
+        marks: dict[float, tuple[float, float]] = {}
+        deadline = time.monotonic() + 600
+        while len(marks) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            n = await asyncio.to_thread(applied)
+            for frac in (0.1, 0.9):
+                if frac not in marks and n >= frac * expected:
+                    marks[frac] = (time.perf_counter(),
+                                   sum(process_cpu_seconds(p.pid) for p in procs))
+            if any(p.poll() is not None for p in procs):
+                raise RuntimeError("a stateful process exited")
+        (t0, c0), (t1, c1) = marks[0.1], marks[0.9]
+        flows_between = 0.8 * expected
+        return flows_between / (t1 - t0), (c1 - c0) / flows_between * 1e6
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=60)
+
+
+def scaling(bootstrap: str, lines: list[bytes], inventory: Path, cfg: GenerateConfig,
+            repeat: int) -> None:
+    """1 vs 2 stateful processes on 4 internal partitions, and cores for 1M flows/s."""
+    n = len(lines)
+    topic = fill_topic(bootstrap, lines, 100, partitions=1)
+    _, _, config = bench_config(bootstrap, topic, inventory, cfg, 4)
+    ingest_rate, ingest_us, broker_us = asyncio.run(stage_alone(config, "ingest", n))
+    work = Path(tempfile.mkdtemp(prefix="segflow-bench-scale-"))
+    got: dict[int, list[tuple[float, float]]] = {1: [], 2: []}
+    for _ in range(repeat):
+        for count in (1, 2):
+            got[count].append(asyncio.run(stateful_processes(config, n, count, work)))
+    print(f"scaling, 100 records/msg, 4 internal partitions, load {os.getloadavg()[0]:.1f}:")
+    med = {}
+    for count, runs in got.items():
+        rates = [r for r, _ in runs]
+        med[count] = statistics.median(rates)
+        us = statistics.median(u for _, u in runs)
+        print(f"  {count} stateful process(es): {med[count]:>10,.0f} flows/s "
+              f"(runs {', '.join(f'{r:,.0f}' for r in rates)}), {us:.2f} µs CPU/flow")
+    print(f"  2 vs 1: {med[2] / med[1]:.2f}x (this machine: {os.cpu_count()} cores, shared)")
+    stateful_us = statistics.median(u for _, u in got[1])
+    cores = ingest_us + stateful_us  # µs of CPU per flow × 1M flows/s = cores
+    print(f"  ingest alone {ingest_rate:,.0f} flows/s, {ingest_us:.2f} µs CPU/flow (broker "
+          f"{broker_us:.2f} µs/flow); 1M flows/s needs ≈ {cores:.1f} cores for ingest + "
+          f"stateful ({ingest_us:.2f} + {stateful_us:.2f} µs/flow), plus the brokers")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--flows", type=int, default=200_000)
@@ -262,41 +361,54 @@ def main() -> int:
     p.add_argument("--partitions", type=int, default=4, help="internal flows partitions")
     p.add_argument("--shapes", default="1,100", help="records per message to measure")
     p.add_argument("--repeat", type=int, default=3, help="runs per shape (median reported)")
+    p.add_argument("--scaling", action="store_true",
+                   help="only: 1 vs 2 stateful processes, cores for 1M flows/s")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     bootstrap = bootstrap_or_start(args.bootstrap)
     work = Path(tempfile.mkdtemp(prefix="segflow-bench-"))
     lines, inventory, cfg = make_estate(args.flows, work)
     n = len(lines)
-    print(f"{n:,} flows, broker {bootstrap}")
+    print(f"{n:,} flows, broker {bootstrap}, load {os.getloadavg()[0]:.1f}")
+    if args.scaling:
+        scaling(bootstrap, lines, inventory, cfg, args.repeat)
+        return 0
     print(f"{'records/msg':>11} {'worker':>8} {'floor flows/s':>14} {'worker flows/s':>15} "
           f"{'ratio':>6}  worker CPU  broker CPU  ingest CPU")
     for shape in (int(x) for x in args.shapes.split(",")):
         topic = fill_topic(bootstrap, lines, shape, partitions=1)
         floors: list[float] = []
-        rates: dict[bool, list[float]] = {False: [], True: []}
+        kinds = {"1 proc": (False, True), "1 proc, via topic": (False, False),
+                 "2 procs": (True, True)}
+        rates: dict[str, list[float]] = {k: [] for k in kinds}
         alone: dict[str, list[tuple[float, float, float]]] = {"ingest": [], "stateful": []}
-        runs: dict[bool, list[dict[str, float]]] = {False: [], True: []}
+        runs: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
+        loads: list[float] = []
         for _ in range(args.repeat):  # alternate: the machine's load changes under us
+            loads.append(os.getloadavg()[0])
             floors.append(asyncio.run(floor(bootstrap, topic, n)))
-            for split in (False, True):
+            for kind, (split, in_process) in kinds.items():
                 w, busy = asyncio.run(worker_rate(bootstrap, topic, inventory, cfg, n,
-                                                  args.partitions, split=split))
-                rates[split].append(w)
-                runs[split].append(busy)
+                                                  args.partitions, split=split,
+                                                  in_process=in_process))
+                rates[kind].append(w)
+                runs[kind].append(busy)
             _, _, config = bench_config(bootstrap, topic, inventory, cfg, args.partitions)
             for role in ("ingest", "stateful"):
                 alone[role].append(asyncio.run(stage_alone(config, role, n)))
         f = statistics.median(floors)
-        for split in (False, True):
-            r = rates[split]
+        print(f"{'':>11} load average {min(loads):.1f}–{max(loads):.1f} "
+              f"(floor runs {', '.join(f'{x:,.0f}' for x in floors)})")
+        for kind in kinds:
+            r = rates[kind]
+            ratios = [x / q for x, q in zip(r, floors, strict=True)]
             w = statistics.median(r)
-            busy = runs[split][r.index(sorted(r)[len(r) // 2])]
-            kind = "2 procs" if split else "1 proc"
-            print(f"{shape:>11} {kind:>8} {f:>14,.0f} {w:>15,.0f} {w / f:>6.2f}  "
+            busy = runs[kind][r.index(sorted(r)[len(r) // 2])]
+            print(f"{shape:>11} {kind:>8} {f:>14,.0f} {w:>15,.0f} "
+                  f"{statistics.median(ratios):>6.2f}  "
                   f"{busy['cpu']:>9.0%}  {busy['broker']:>9.0%}  "
-                  f"{busy['cpu_ingest']:>10.0%}   "
-                  f"(runs: {', '.join(f'{x / q:.2f}' for x, q in zip(r, floors, strict=True))})")
+                  f"{busy['cpu_ingest']:>10.0%}   (ratio median of runs; spread "
+                  f"{min(ratios):.2f}–{max(ratios):.2f}: {', '.join(f'{x:.2f}' for x in ratios)})")
         cpu_us = 0.0
         for role, got in alone.items():
             r = [g[0] for g in got]

@@ -109,6 +109,9 @@ class StreamSettings(BaseModel, frozen=True):
     snapshot_every_messages: int = Field(
         50, ge=1, description="stateful: snapshot (and commit) a partition every this many "
         "messages")
+    in_process: bool = Field(
+        True, description="role all: hand batches for the internal partitions this process "
+        "owns to its stateful stage in memory, not through the flows topic")
     snapshot_idle_seconds: float = Field(
         2.0, gt=0, description="stateful: snapshot a partition quiet this long")
 

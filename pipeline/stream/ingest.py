@@ -16,6 +16,16 @@ batch report, for raw partitions with rows still to come, their progress before 
 Every message carries the audit start:
 ``core.audit_start`` when configured, else the one agreed on the control topic
 (:mod:`pipeline.stream.control`) before the stage sends its first flows.
+
+In-process routing (``role = "all"``, ``stream.in_process``): batches for internal partitions
+the same process's stateful stage owns are handed to it in memory
+(:meth:`~pipeline.stream.stateful.StatefulStage.offer`) instead of being produced to the flows
+topic and consumed back; the other partitions' go through the topic as before. A partition
+gets in-process batches only once it has applied every flows-topic message it must not
+overtake: those this stage sent it (acknowledged; none in flight) and, after each change of
+the raw assignment, everything in its flows partition then (another instance may have sent it
+rows of the raw partitions this one just took over). The raw offsets of a batch are
+committed once its messages are acknowledged *and* a snapshot covers its in-process part.
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -41,16 +51,20 @@ from pipeline.core.inventory import Inventory
 from pipeline.sources import get_parser
 from pipeline.sources.base import BlockParser
 from pipeline.stream.control import AuditStartAgreement
-from pipeline.stream.flowbatch import Identity, encode, source_name
+from pipeline.stream.flowbatch import FlowBatch, Identity, encode, source_name
 from pipeline.stream.metrics import Metrics
 from pipeline.stream.rawblock import RawReject, parse_messages
 from pipeline.stream.routing import Router
+
+if TYPE_CHECKING:
+    from pipeline.stream.stateful import StatefulStage
 
 log = logging.getLogger(__name__)
 
 IDLE_AFTER = 5.0  # seconds a caught-up raw partition must stay quiet to count as idle
 DEAD_LETTER_MAX = 1 << 20  # raw bytes kept in a dead-letter message
 IN_FLIGHT = 2  # batches sent but not yet acknowledged while the next one is prepared
+CATCH_UP_WAIT = 0.5  # seconds a batch waits for owned partitions to catch up with the topic
 
 
 @dataclass(slots=True)
@@ -58,6 +72,7 @@ class Prepared:
     """One batch, ready to send: internal messages, dead letters, commit offsets."""
 
     messages: list[tuple[int, bytes]] = field(default_factory=list)  # (partition, value)
+    local: list[tuple[int, FlowBatch]] = field(default_factory=list)  # handed over in memory
     dead: list[tuple[bytes, bytes, list[tuple[str, bytes]]]] = field(default_factory=list)
     commit: dict[TopicPartition, int] = field(default_factory=dict)
     records: int = 0
@@ -75,6 +90,7 @@ class Parsed:
     sources: list[str] = field(default_factory=list)
     first: float | None = None  # earliest flow start
     before: dict[str, float] = field(default_factory=dict)  # per source: progress before it
+    local: set[int] = field(default_factory=set)  # partitions taking in-process batches
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -83,10 +99,11 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         async with self.stage.lock:  # let the batches in flight finish and commit
-            await self.stage.drain()
+            await self.stage.drain(covered=True)
             self.stage.forget(revoked)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.stage.barrier = True  # others may have sent rows of these raw partitions
         now = time.monotonic()
         for tp in assigned:
             self.stage.last_data.setdefault(tp, now)
@@ -122,6 +139,12 @@ class IngestStage:
         self._parts: dict[str, int] = {}  # raw topic → partition count
         self.lock = asyncio.Lock()
         self.consumer: AIOKafkaConsumer | None = None
+        self.local: StatefulStage | None = None  # in-process routing (role = "all")
+        self.barrier = True  # raw assignment changed: read the flows topic's ends again
+        self._need: dict[int, int] = {}  # partition → flows offset it must have applied
+        self._unacked: dict[int, int] = {}  # partition → flows messages not acknowledged
+        self._commits: deque[asyncio.Future[None]] = deque()  # in batch order
+        self._wait_after = 0.0  # monotonic time before which batches do not wait
 
     async def start(self) -> None:
         k = self.kafka
@@ -137,7 +160,7 @@ class IngestStage:
 
     async def stop(self) -> None:
         async with self.lock:
-            await self.drain()
+            await self.drain(covered=True)
             if self.consumer is not None:
                 await self.consumer.stop()
                 self.consumer = None
@@ -162,7 +185,9 @@ class IngestStage:
                 else:
                     await self.drain()
                     self._refresh()
-                    await asyncio.gather(*await self._send(self.progress_only()))
+                    prepared = self.progress_only(await self._local_partitions())
+                    if prepared.messages or prepared.local:
+                        await self._dispatch(prepared)
 
     async def handle(self, batch: dict[TopicPartition, list[Any]]) -> None:
         """Parse, route and send one ``getmany`` batch; its raw offsets are committed once
@@ -174,24 +199,49 @@ class IngestStage:
         parsed = await loop.run_in_executor(self._cpu, self.parse, batch)
         if self.audit_start is None and parsed.first is not None and self.agreement is not None:
             self.audit_start = await self.agreement.agree(parsed.first)
+        parsed.local = await self._local_partitions()
         prepared = await loop.run_in_executor(self._cpu, self._route_locked, parsed)
-        futures = await self._send(prepared)
-        self._inflight.append(asyncio.ensure_future(
-            self._commit_when_acked(futures, prepared.commit)))
-        while len(self._inflight) > IN_FLIGHT or (self._inflight and self._inflight[0].done()):
-            await self._inflight.popleft()
+        await self._dispatch(prepared)
         self.metrics.batch_seconds.labels("ingest").observe(time.perf_counter() - t0)
         self.metrics.batch_records.labels("ingest").observe(prepared.records)
 
-    async def drain(self) -> None:
-        """Wait until every batch sent so far is acknowledged and committed."""
+    async def _dispatch(self, prepared: Prepared) -> None:
+        """Send (or hand over) a prepared batch; its commit follows the previous batch's, once
+        its messages are acknowledged and snapshots cover its in-process part."""
+        futures, covered = await self._send(prepared)
+        acked = asyncio.ensure_future(asyncio.gather(*futures))
+        prev = self._commits[-1] if self._commits else None
+        self._inflight.append(acked)
+        self._commits.append(asyncio.ensure_future(
+            self._commit_when_acked(prev, acked, covered, prepared.commit)))
+        while len(self._inflight) > IN_FLIGHT or (self._inflight and self._inflight[0].done()):
+            await self._inflight.popleft()
+        while self._commits and self._commits[0].done():
+            await self._commits.popleft()
+
+    async def drain(self, *, covered: bool = False) -> None:
+        """Wait until every batch sent so far is acknowledged; with ``covered`` also snapshot
+        what was handed over in memory and wait until every batch is committed."""
         while self._inflight:
             await self._inflight.popleft()
+        if not covered:
+            return
+        if self._commits and self.local is not None:
+            await self.local.snapshot_local()
+        while self._commits:
+            try:
+                await asyncio.wait_for(self._commits.popleft(), 30.0)
+            except (RuntimeError, KafkaError, TimeoutError) as exc:  # re-read after a restart
+                log.warning("ingest: a batch is not committed (%s); it will be re-read", exc)
 
-    async def _commit_when_acked(self, futures: list[asyncio.Future[Any]],
+    async def _commit_when_acked(self, prev: asyncio.Future[None] | None,
+                                 acked: asyncio.Future[Any], covered: list[asyncio.Future[None]],
                                  offsets: dict[TopicPartition, int]) -> None:
-        if futures:
-            await asyncio.gather(*futures)
+        if prev is not None:
+            await prev  # commits in batch order; a batch that is not covered stops them
+        await acked
+        if covered:
+            await asyncio.gather(*covered)
         if offsets and self.consumer is not None:
             try:
                 await self.consumer.commit(offsets)
@@ -199,19 +249,68 @@ class IngestStage:
                 # a rebalance took the partitions: the next owner re-sends, rows dedupe
                 log.warning("ingest commit failed (%s); the batch will be re-read", exc)
 
-    async def _send(self, prepared: Prepared) -> list[asyncio.Future[Any]]:
-        futures = []
+    async def _local_partitions(self) -> set[int]:
+        """Partitions to hand this batch over in memory: owned by this process's stateful
+        stage and caught up with the flows topic (waiting up to ``CATCH_UP_WAIT`` s)."""
+        stage = self.local
+        if stage is None:
+            return set()
+        if self.barrier:
+            try:
+                ends = await stage.reader.end_offsets(self.topics.flows,
+                                                      range(self.router.partitions))
+            except KafkaError as exc:
+                log.warning("ingest: reading the flows topic's ends failed (%r); sending "
+                            "through the topic", exc)
+                return set()
+            for p, end in ends.items():
+                self._need[p] = max(self._need.get(p, -1), end - 1)
+            self.barrier = False
+        deadline = time.monotonic() + CATCH_UP_WAIT
+        while True:
+            ready = {p for p in stage.ready_for(self._need) if not self._unacked.get(p)}
+            if ready >= stage.owned() or time.monotonic() < self._wait_after:
+                return ready
+            if time.monotonic() > deadline:
+                self._wait_after = time.monotonic() + 10 * CATCH_UP_WAIT
+                return ready
+            await asyncio.sleep(0.01)
+
+    async def _send_flows(self, partition: int, value: bytes) -> asyncio.Future[Any]:
+        self._unacked[partition] = self._unacked.get(partition, 0) + 1
+        fut: asyncio.Future[Any] = await self.producer.send(self.topics.flows, value=value,
+                                                            partition=partition)
+
+        def acked(f: asyncio.Future[Any]) -> None:
+            self._unacked[partition] -= 1
+            if not f.cancelled() and f.exception() is None:
+                self._need[partition] = max(self._need.get(partition, -1), f.result().offset)
+
+        fut.add_done_callback(acked)
+        return fut
+
+    async def _send(self, prepared: Prepared
+                    ) -> tuple[list[asyncio.Future[Any]], list[asyncio.Future[None]]]:
+        futures, covered = [], []
+        for partition, batch in prepared.local:
+            done = await self.local.offer(partition, batch) if self.local else None
+            if done is not None:
+                covered.append(done)
+            else:  # not this process's partition any more: through the topic
+                futures.append(await self._send_flows(partition, encode(
+                    batch.flows, batch.sources, batch.source_index, batch.offsets,
+                    watermarks=batch.watermarks, partitions=batch.partitions, idle=batch.idle,
+                    audit_start=batch.audit_start, identity=batch.identity)))
         for partition, value in prepared.messages:
-            futures.append(await self.producer.send(self.topics.flows, value=value,
-                                                    partition=partition))
+            futures.append(await self._send_flows(partition, value))
         for key, value, headers in prepared.dead:
             futures.append(await self.producer.send(self.topics.dead_letter, value=value,
                                                     key=key, headers=headers))
-        if prepared.messages:
+        if prepared.messages or prepared.local:
             self.metrics.records_out.labels(self.topics.flows).inc(prepared.flows)
         if prepared.dead:
             self.metrics.records_out.labels(self.topics.dead_letter).inc(len(prepared.dead))
-        return futures
+        return futures, covered
 
     # -- the CPU part (on the stage's own thread) ----------------------------------------
     def _route_locked(self, parsed: Parsed) -> Prepared:
@@ -265,7 +364,7 @@ class IngestStage:
         """Route the parsed flows by client workload and encode the internal messages."""
         out, tables, sources = parsed.out, parsed.tables, parsed.sources
         if not tables:
-            out.messages = self._progress(set(), force=False)
+            out.messages, out.local = self._progress(set(), parsed.local, force=False)
             return out
         flows = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
         src_idx = np.concatenate(parsed.index)
@@ -288,19 +387,28 @@ class IngestStage:
             # watermark never passes rows still to come in the batch's next messages
             u, rev = np.unique(src_idx[start:start + c][::-1], return_index=True)
             ends = list(zip(u.tolist(), (start + c - rev).tolist(), strict=True))
-            for lo, hi in _cuts(src_idx, offs, start, start + c, self.stream.message_rows):
+            in_memory = p in parsed.local  # no message size: one batch
+            rows = c if in_memory else self.stream.message_rows
+            for lo, hi in _cuts(src_idx, offs, start, start + c, max(1, rows)):
                 pending = {sources[i]: parsed.before[sources[i]] for i, end in ends if end > hi}
                 m = meta if not pending else {
                     **meta, "watermarks": {**meta["watermarks"], **pending}}
                 identity = Identity.of(client[lo:hi], server[lo:hi], swapped[lo:hi], registry)
-                out.messages.append((p, encode(flows.slice(lo, hi - lo), sources,
-                                               src_idx[lo:hi], offs[lo:hi], **m,
-                                               identity=identity)))
+                if in_memory:
+                    out.local.append((p, FlowBatch(flows.slice(lo, hi - lo), sources,
+                                                   src_idx[lo:hi], offs[lo:hi], **m,
+                                                   identity=identity)))
+                else:
+                    out.messages.append((p, encode(flows.slice(lo, hi - lo), sources,
+                                                   src_idx[lo:hi], offs[lo:hi], **m,
+                                                   identity=identity)))
             start += c
         sent_to = {p for p, c in enumerate(counts.tolist()) if c}
         for p in sent_to:
             self._sent[p] = self._progress_key()
-        out.messages.extend(self._progress(sent_to, force=False))
+        more, local = self._progress(sent_to, parsed.local, force=False)
+        out.messages.extend(more)
+        out.local.extend(local)
         return out
 
     def _dead_letter(self, tp: TopicPartition, rej: RawReject
@@ -351,13 +459,16 @@ class IngestStage:
         newest = min(busy) if busy else max(self.watermarks.values(), default=float("-inf"))
         return newest, idle
 
-    def _progress(self, skip: set[int], *, force: bool) -> list[tuple[int, bytes]]:
-        """Progress-only messages for partitions that did not get flows in this batch."""
+    def _progress(self, skip: set[int], local: set[int], *, force: bool
+                  ) -> tuple[list[tuple[int, bytes]], list[tuple[int, FlowBatch]]]:
+        """Progress-only messages for partitions that did not get flows in this batch (as
+        in-process batches for the partitions in ``local``)."""
         newest, idle = key = self._progress_key()
         if newest == float("-inf") and not idle:
-            return []
+            return [], []
         empty: bytes | None = None
-        out = []
+        out: list[tuple[int, bytes]] = []
+        mine: list[tuple[int, FlowBatch]] = []
         for p in range(self.router.partitions):
             if p in skip:
                 continue
@@ -365,16 +476,22 @@ class IngestStage:
             stale = last is None or newest - last[0] >= self.stream.watermark_step
             changed = last is None or last != key
             if stale or (force and changed):
-                if empty is None:
-                    empty = encode(empty_flows(), [], np.zeros(0, np.int32),
-                                   np.zeros(0, np.int64), **self._meta())
-                out.append((p, empty))
+                if p in local:
+                    mine.append((p, FlowBatch(empty_flows(), [], np.zeros(0, np.int32),
+                                              np.zeros(0, np.int64), **self._meta())))
+                else:
+                    if empty is None:
+                        empty = encode(empty_flows(), [], np.zeros(0, np.int32),
+                                       np.zeros(0, np.int64), **self._meta())
+                    out.append((p, empty))
                 self._sent[p] = key
-        return out
+        return out, mine
 
-    def progress_only(self) -> Prepared:
-        """When the raw topics are quiet: tell every partition the latest event time."""
-        return Prepared(messages=self._progress(set(), force=True))
+    def progress_only(self, local: set[int] | None = None) -> Prepared:
+        """When the raw topics are quiet: tell every partition the latest event time (in
+        memory to the partitions in ``local``)."""
+        messages, mine = self._progress(set(), local or set(), force=True)
+        return Prepared(messages=messages, local=mine)
 
 
 def _cuts(src: np.ndarray, offs: np.ndarray, lo: int, hi: int, step: int

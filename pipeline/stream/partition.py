@@ -25,9 +25,20 @@ that makes reprocessing harmless. Pure (no Kafka): the stateful stage feeds it m
   are held (``held_events``, in order) until every partition's map is known, then completed.
   Beyond :data:`MAX_HELD_EVENTS` the oldest are released with the clients known so far.
 
-A snapshot is this bookkeeping (the held flows as Arrow IPC, the held events) plus
-:func:`pipeline.core.snapshot.dump_state`; restoring it and replaying the messages after
-``offset`` gives the same outputs as never stopping.
+* in-process batches — with ``role = "all"`` the ingest stage of the same process can hand a
+  partition it owns its batches in memory (:meth:`apply_local`) instead of through the flows
+  topic. Those batches have no internal offset, so after a crash they are re-read from the
+  raw topics with other boundaries; their aggregates therefore carry blocks
+  ``LOCAL_BLOCK + n`` (``n`` counted in the snapshot) and are *kept* (:attr:`local_tables`)
+  until a snapshot holds them: the stage writes them to the store only after that snapshot
+  is stored, and a restored snapshot's tables are written again (same blocks: they replace).
+  What was applied after the last snapshot was never written, so re-applying it with other
+  boundaries doubles nothing. Events are emitted at once as for messages (ids are
+  deterministic; consumers keep the highest version).
+
+A snapshot is this bookkeeping (the held flows as Arrow IPC, the held events, the kept
+in-process aggregates) plus :func:`pipeline.core.snapshot.dump_state`; restoring it and
+replaying the messages after ``offset`` gives the same outputs as never stopping.
 """
 
 from __future__ import annotations
@@ -46,6 +57,7 @@ from pipeline.core.columns import FLOW_COLUMNS, FLOW_SCHEMA
 from pipeline.core.events import iso
 from pipeline.core.inventory import Inventory
 from pipeline.core.pipeline import BatchOutput, Pipeline
+from pipeline.core.records import EDGE_MINUTE
 from pipeline.core.settings import CoreSettings
 from pipeline.core.snapshot import dump_state, load_state
 from pipeline.stream.flowbatch import FlowBatch
@@ -62,6 +74,7 @@ MAX_DEFERRED_ROWS = 1_000_000
 # new_edge events one partition holds until every partition's service map is known (~1.5 KB
 # each in memory and in a snapshot, so ≤ ~75 MB)
 MAX_HELD_EVENTS = 50_000
+LOCAL_BLOCK = 1 << 62  # blocks of in-process batches (internal offsets stay far below)
 _IPC_OPTIONS = pa.ipc.IpcWriteOptions(
     compression="zstd" if pa.Codec.is_available("zstd") else None)
 
@@ -94,6 +107,8 @@ class PartitionState:
     event_time: float = float("-inf")  # the watermark last applied
     deferred: list[pa.Table] = field(default_factory=list)  # held post-audit flows
     held_events: list[dict[str, Any]] = field(default_factory=list)  # new_edge, in order
+    local_batches: int = 0  # in-process batches applied so far (their blocks)
+    local_tables: list[pa.Table] = field(default_factory=list)  # their aggregates, unwritten
     services: ServiceDirectory | None = field(default=None, repr=False)  # not snapshotted
     _reported: set[float] = field(default_factory=set, init=False, repr=False)  # warned of
     _held_at: dict[str, int] | None = field(default=None, init=False, repr=False)  # id → index
@@ -105,6 +120,31 @@ class PartitionState:
         """Apply internal message ``offset`` (must be newer than :attr:`offset`)."""
         if offset <= self.offset:
             raise ValueError(f"message {offset} is not after {self.offset}")
+        step = self._apply(batch, offset)
+        self.offset = offset
+        return step
+
+    def apply_local(self, batch: FlowBatch) -> Step:
+        """Apply a batch handed over in memory; its aggregates are kept in
+        :attr:`local_tables` (not in the step's output) until a snapshot holds them."""
+        step = self._apply(batch, LOCAL_BLOCK + self.local_batches)
+        self.local_batches += 1
+        out = step.output
+        if out.edge_minutes.num_rows:
+            self.local_tables.append(out.edge_minutes)
+            out.edge_minutes = out.edge_minutes.slice(0, 0)
+        return step
+
+    def take_local(self) -> list[pa.Table]:
+        """The kept in-process aggregates (call once a snapshot holding them is stored)."""
+        tables, self.local_tables = self.local_tables, []
+        return tables
+
+    @property
+    def local_rows(self) -> int:
+        return sum(t.num_rows for t in self.local_tables)
+
+    def _apply(self, batch: FlowBatch, block: int) -> Step:
         p = self.pipeline
         frozen = p.audit_ended
         step = Step(BatchOutput(), rows=batch.num_rows)
@@ -129,7 +169,7 @@ class PartitionState:
         if flows.num_rows:
             # windows advance no further than the watermark: a batch can run ahead of
             # other raw partitions whose flows for the same windows are still to come
-            step.output = p.process(flows, source_id=self.source_id, block=offset,
+            step.output = p.process(flows, source_id=self.source_id, block=block,
                                     version=flows.num_rows,
                                     watermark=float("-inf") if t is None else t)
         end = p.audit_end
@@ -142,7 +182,6 @@ class PartitionState:
             step.output.incidents.extend(more.incidents)
             if more.readiness.num_rows:
                 step.output.readiness = pa.concat_tables([step.output.readiness, more.readiness])
-        self.offset = offset
         step.audit_ended = p.audit_ended and not frozen
         step.output.violations = self._complete(step.output.violations, step)
         return step
@@ -272,14 +311,17 @@ class PartitionState:
     def to_bytes(self) -> bytes:
         """Bookkeeping header + held flows (Arrow IPC) + the core's pickle-free state."""
         held = _ipc(self.deferred)
+        local = _ipc(self.local_tables, EDGE_MINUTE.schema)
         header = orjson.dumps({
             "partition": self.partition, "source_id": self.source_id, "offset": self.offset,
             "applied": self.applied, "watermarks": self.watermarks, "idle": sorted(self.idle),
             "raw_partitions": self.raw_partitions,
             "event_time": self.event_time if np.isfinite(self.event_time) else None,
             "held_events": self.held_events, "deferred_bytes": len(held),
+            "local_batches": self.local_batches, "local_bytes": len(local),
         })
-        return _HEADER.pack(_MAGIC, len(header)) + header + held + dump_state(self.pipeline)
+        return (_HEADER.pack(_MAGIC, len(header)) + header + held + local
+                + dump_state(self.pipeline))
 
     @classmethod
     def from_bytes(cls, data: bytes, settings: CoreSettings, inventory: Inventory
@@ -292,7 +334,10 @@ class PartitionState:
         h = orjson.loads(data[_HEADER.size:pos])
         held = int(h.get("deferred_bytes", 0))
         deferred = _from_ipc(data[pos:pos + held]) if held else []
-        pipeline = load_state(data[pos + held:], settings, inventory)
+        pos += held
+        kept = int(h.get("local_bytes", 0))
+        local = _from_ipc(data[pos:pos + kept], EDGE_MINUTE.schema) if kept else []
+        pipeline = load_state(data[pos + kept:], settings, inventory)
         et = h["event_time"]
         return cls(
             partition=int(h["partition"]), pipeline=pipeline, source_id=h["source_id"],
@@ -302,6 +347,7 @@ class PartitionState:
                                                  h["raw_partitions"].items()},
             event_time=float("-inf") if et is None else float(et), deferred=deferred,
             held_events=list(h.get("held_events", [])),
+            local_batches=int(h.get("local_batches", 0)), local_tables=local,
         )
 
 
@@ -313,12 +359,13 @@ def _uniform(tables: list[pa.Table]) -> list[pa.Table]:
     return [t.select(list(FLOW_COLUMNS)) for t in tables]
 
 
-def _ipc(tables: list[pa.Table]) -> bytes:
+def _ipc(tables: list[pa.Table], schema: pa.Schema | None = None) -> bytes:
     """``tables`` (FLOW_SCHEMA, with or without the identity columns, whose wids belong to
-    the snapshot's own registry) as one Arrow IPC stream; empty bytes when there are none."""
+    the snapshot's own registry; or ``schema``) as one Arrow IPC stream; empty bytes when
+    there are none."""
     if not tables:
         return b""
-    tables = _uniform(tables)
+    tables = _uniform(tables) if schema is None else [t.cast(schema) for t in tables]
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, tables[0].schema, options=_IPC_OPTIONS) as writer:
         for t in tables:
@@ -330,11 +377,14 @@ _HELD_SCHEMA = pa.schema([*FLOW_SCHEMA, pa.field("client_wid", pa.int64()),
                           pa.field("server_wid", pa.int64()), pa.field("swapped", pa.bool_())])
 
 
-def _from_ipc(data: bytes) -> list[pa.Table]:
+def _from_ipc(data: bytes, schema: pa.Schema | None = None) -> list[pa.Table]:
     table = pa.ipc.open_stream(data).read_all()
-    if not (table.schema.equals(FLOW_SCHEMA) or table.schema.equals(_HELD_SCHEMA)):
+    if schema is not None:
+        if not table.schema.equals(schema):
+            raise ValueError("corrupt partition snapshot: kept aggregates are not edge rows")
+    elif not (table.schema.equals(FLOW_SCHEMA) or table.schema.equals(_HELD_SCHEMA)):
         raise ValueError("corrupt partition snapshot: held flows are not flow rows")
     return [table]
 
 
-__all__ = ["MAX_DEFERRED_ROWS", "MAX_HELD_EVENTS", "PartitionState", "Step"]
+__all__ = ["LOCAL_BLOCK", "MAX_DEFERRED_ROWS", "MAX_HELD_EVENTS", "PartitionState", "Step"]

@@ -8,7 +8,7 @@ finish; nothing is committed.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -35,6 +35,15 @@ class PartitionReader:
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
+
+    async def end_offsets(self, topic: str, partitions: Iterable[int]) -> dict[int, int]:
+        """The current end offset of each partition of ``topic``."""
+        consumer = self._consumer
+        if consumer is None:
+            raise BrokerError("partition reader used before start(); this is a bug")
+        async with self._lock:
+            ends = await consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
+        return {tp.partition: int(offset) for tp, offset in ends.items()}
 
     async def read(self, topic: str, partition: int, start: int | None = None,
                    end: int | None = None) -> AsyncIterator[Any]:

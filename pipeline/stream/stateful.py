@@ -20,6 +20,16 @@ first. So a crash anywhere re-applies at most the messages after the last snapsh
 idempotently: aggregates carry ``(source_id, block)`` keys that replace, events
 deterministic ids.
 
+In-process batches (``role = "all"``, :meth:`offer`): the ingest stage of the same process
+hands a partition it owns its batches in memory, skipping the flows topic's produce → broker
+→ consume round trip. The partition keeps their aggregates until a snapshot holds them
+(:mod:`pipeline.stream.partition`); step 3 is followed by writing them, and the *raw* offsets
+such a batch came from are committed only once a snapshot covers it (the future
+:meth:`offer` returns), so a crash re-reads them from the raw topics. A partition is offered
+batches only while it has applied every message of the flows topic the ingest must not
+overtake (:meth:`ready_for`): rows of one raw partition then reach it in raw offset order,
+which the dedup by raw high-water marks needs.
+
 At its audit end (and again when restored after it) a partition publishes its service map to
 the control topic; the stage follows that topic on every :meth:`tick` into a
 :class:`~pipeline.stream.services.ServiceDirectory`, and new_edge events held by its
@@ -43,11 +53,11 @@ from pipeline.core.pipeline import Pipeline
 from pipeline.core.records import EDGE_MINUTE
 from pipeline.core.settings import CoreSettings
 from pipeline.storage.writer import StoreWriter
-from pipeline.stream.flowbatch import decode
+from pipeline.stream.flowbatch import FlowBatch, decode
 from pipeline.stream.inventory_topic import InventoryFeed
 from pipeline.stream.metrics import Metrics
 from pipeline.stream.outputs import EventPublisher
-from pipeline.stream.partition import PartitionState
+from pipeline.stream.partition import PartitionState, Step
 from pipeline.stream.reader import PartitionReader
 from pipeline.stream.services import ServiceDirectory, map_records, parse_map_record
 from pipeline.stream.snapshots import SnapshotStore
@@ -55,6 +65,7 @@ from pipeline.stream.snapshots import SnapshotStore
 log = logging.getLogger(__name__)
 
 Ack = Callable[[], Awaitable[Any]]
+MAX_LOCAL_ROWS = 200_000  # kept in-process aggregate rows that trigger a snapshot (its size)
 T = TypeVar("T")
 
 
@@ -95,6 +106,9 @@ class StatefulStage:
         self._control_reader: PartitionReader | None = None  # follows the control topic
         self._control_next = 0
         self._released: set[int] = set()  # partitions whose snapshot still holds emitted events
+        self._local: dict[int, list[asyncio.Future[None]]] = {}  # in-process, not yet covered
+        self._in_process: set[int] = set()  # partitions that got in-process batches (logged)
+        self._fenced: set[int] = set()  # revoked, until the next assignment
         self.lock = asyncio.Lock()
         self._cpu = ThreadPoolExecutor(1, thread_name_prefix="segflow-stateful")
         self.ready = asyncio.Event()
@@ -120,6 +134,64 @@ class StatefulStage:
             if step_done or self._audit_ended.pop(partition, False):
                 await self._snapshot(partition)
 
+    async def offer(self, partition: int, batch: FlowBatch
+                    ) -> asyncio.Future[None] | None:
+        """Apply an in-process batch to ``partition`` if this stage owns it (None otherwise:
+        send it through the flows topic). The future completes once a snapshot covers the
+        batch (then its raw offsets may be committed), or fails if none will."""
+        await self.ready.wait()
+        async with self.lock:
+            control = self.control
+            if (self.closed or control is None or partition in self._fenced
+                    or not control.owns(partition)):
+                return None
+            state = await self._state(partition)
+            if partition not in self._in_process:
+                self._in_process.add(partition)
+                log.info("partition %d: batches of this process's ingest are handed over in "
+                         "memory from now on (in-process routing)", partition)
+            t0 = time.perf_counter()
+            step = await self._run(state, state.apply_local, batch)
+            await self._outputs(partition, state, step, t0)
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+            async def covered() -> None:
+                if not done.done():
+                    done.set_result(None)
+
+            self._track(partition, covered)
+            self._local.setdefault(partition, []).append(done)
+            step_done = (self.since_snapshot[partition] >= self.stream.snapshot_every_messages
+                         or state.local_rows >= MAX_LOCAL_ROWS)
+            if step_done or self._audit_ended.pop(partition, False):
+                await self._snapshot(partition)
+            return done
+
+    def owned(self) -> set[int]:
+        """The flows partitions this stage's consumer owns."""
+        control = self.control
+        if control is None:
+            return set()
+        return {p for p in range(self.topics.flows_partitions)
+                if p not in self._fenced and control.owns(p)}
+
+    def ready_for(self, need: dict[int, int]) -> set[int]:
+        """Owned partitions that have applied flows-topic message ``need[p]`` (and so every
+        one before it): in-process batches may go to them without overtaking a message."""
+        control = self.control
+        if self.closed or control is None or not self.ready.is_set():
+            return set()
+        return {p for p, st in self.states.items()
+                if p not in self._fenced and control.owns(p) and st.offset >= need.get(p, -1)}
+
+    async def snapshot_local(self) -> None:
+        """Snapshot every partition holding in-process batches no snapshot covers yet (the
+        ingest stage then commits their raw offsets)."""
+        async with self.lock:
+            for p in sorted(p for p, futs in self._local.items() if futs):
+                if p in self.states:
+                    await self._snapshot(p)
+
     async def _apply(self, partition: int, state: PartitionState, offset: int,
                      value: bytes | None) -> None:
         """Apply message ``offset`` (the next one) and hand its outputs to sink and topics."""
@@ -131,6 +203,11 @@ class StatefulStage:
             state.offset = offset
             return
         step = await self._run(state, state.apply, offset, batch)
+        await self._outputs(partition, state, step, t0)
+
+    async def _outputs(self, partition: int, state: PartitionState, step: Step,
+                       t0: float) -> None:
+        """Hand a step's outputs to the sink and the event topics; metrics."""
         out = step.output
         await self.sink.add_async(out.edge_minutes, out.violations, out.rules,  # back-pressure
                                   out.incidents, readiness=out.readiness)
@@ -213,6 +290,8 @@ class StatefulStage:
             self.metrics.held_events.labels(str(partition)).set(len(state.held_events))
             log.info("partition %d: restored its snapshot at offset %d", partition,
                      state.offset)
+            for table in state.take_local():  # maybe written before the crash: they replace
+                await self.sink.add_async(table, [], [])
         self.states[partition] = state
         if blob is not None and state.pipeline.audit_ended:
             await self._publish_services(partition, state)  # idempotent: the same records
@@ -270,6 +349,9 @@ class StatefulStage:
         await self.snapshots.write(partition, blob, offset=state.offset)
         self.metrics.snapshots_written.inc()
         self.metrics.snapshot_bytes.labels(str(partition)).set(len(blob))
+        for table in state.take_local():  # the snapshot holds them: safe to write now
+            await self.sink.add_async(table, [], [])
+        self._local.pop(partition, None)
         for ack in self.pending.pop(partition, []):
             await ack()
         self.since_snapshot[partition] = 0
@@ -281,6 +363,7 @@ class StatefulStage:
         (call synchronously from the rebalance callback, then :meth:`on_assigned`)."""
         for p in [p for p in self.parked if p not in partitions]:
             del self.parked[p]
+        self._fenced.clear()  # the consumer's assignment is current again
 
     async def on_assigned(self, partitions: set[int]) -> None:
         """Restore newly assigned partitions ahead of their first message."""
@@ -295,6 +378,10 @@ class StatefulStage:
         states stay parked: an eager rebalance revokes everything, and partitions assigned
         straight back resume without reading their snapshots again."""
         async with self.lock:
+            # the consumer reports them as assigned until the new assignment arrives: no
+            # in-process batch may reach them meanwhile (their next owner restores the
+            # snapshot written here)
+            self._fenced |= partitions
             await self._release(partitions, park=True)
 
     async def _release(self, partitions: set[int], *, park: bool = False) -> None:
@@ -303,6 +390,9 @@ class StatefulStage:
                 continue
             if self.pending.get(p) or p in self._released:
                 await self._snapshot(p)
+            for fut in self._local.pop(p, []):  # not covered: the raw offsets are re-read
+                if not fut.done():
+                    fut.set_exception(RuntimeError(f"partition {p} left before a snapshot"))
             state = self.states.pop(p)
             if park:
                 self.parked[p] = state

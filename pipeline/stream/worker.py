@@ -169,6 +169,8 @@ class Worker:
             self.app = create_app(k, s.topics, self.stage, app_id=s.app_id,
                                   datadir=self.datadir)
             self.stage.ready.set()
+            if self.ingest is not None and s.stream.in_process:
+                self.ingest.local = self.stage  # role all: owned partitions in memory
             await self.app.start()
         tasks: list[tuple[str, Any]] = [("inventory", self.feed.run()), ("ticker", self._ticker()),
                                         ("broker watch", self._watch_broker())]

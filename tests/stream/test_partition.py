@@ -17,10 +17,10 @@ from pipeline.core.pipeline import Pipeline
 from pipeline.core.settings import CoreSettings
 from pipeline.sources import get_parser
 from pipeline.sources.canonical import CanonicalParser
-from pipeline.stream.flowbatch import Identity, decode, encode
+from pipeline.stream.flowbatch import FlowBatch, Identity, decode, encode
 from pipeline.stream.ingest import _cuts
 from pipeline.stream.outputs import latest_by_id
-from pipeline.stream.partition import PartitionState
+from pipeline.stream.partition import LOCAL_BLOCK, PartitionState
 from pipeline.stream.rawblock import EMPTY, TOO_LARGE, parse_messages
 from pipeline.stream.routing import Router
 from pipeline.stream.services import ServiceDirectory
@@ -309,3 +309,85 @@ def test_partitions_equal_replay_despite_resends_and_restores(
         if t.num_rows:
             kept[(t.column("source_id")[0].as_py(), t.column("block")[0].as_py())] = t
     assert totals_of(kept.values()) == reference.totals
+
+
+def _in_process_log(reference: Reference, parts: int, seed: int
+                    ) -> dict[int, list[tuple[int, FlowBatch]]]:
+    """Per partition, (last raw offset, batch) as the ingest hands them over in memory."""
+    rnd = random.Random(seed)
+    router = Router(load_inventory(reference.inventory), parts)
+    out: dict[int, list[tuple[int, FlowBatch]]] = {p: [] for p in range(parts)}
+    lines, pos, newest = reference.lines, 0, float("-inf")
+    while pos < len(lines):
+        chunk = lines[pos:pos + rnd.choice([1, 300, 2000, 7000])]
+        batch = parse_messages(CanonicalParser(), chunk, list(range(pos, pos + len(chunk))),
+                               max_record_bytes=1 << 20)
+        routed = router.route(batch.flows)
+        newest = max(newest, float(np.max(batch.flows.column("start").to_numpy())))
+        for p in range(parts):
+            mine = routed.partition == p
+            out[p].append((pos + len(chunk) - 1, FlowBatch(
+                batch.flows.filter(pa.array(mine)), ["raw/0"],
+                np.zeros(int(mine.sum()), np.int32), batch.offsets[mine],
+                watermarks={"raw/0": newest}, partitions={"raw": 1},
+                identity=Identity.of(routed.client_wid[mine], routed.server_wid[mine],
+                                     routed.swapped[mine], router.inventory.workloads))))
+        pos += len(chunk)
+    return out
+
+
+def test_in_process_batches_equal_replay_despite_crashes(reference: Reference) -> None:
+    """In-process batches (role all): aggregates are written only once a snapshot holds
+    them (and again when it is restored); a crash loses what followed the snapshot, and the
+    raw records are re-read with *other* batch boundaries — the store (rows replacing by
+    (source_id, block)) still sums to replay's totals, and the events equal replay's."""
+    settings = CoreSettings(audit_days=reference.audit_days, audit_start=reference.audit_start)
+    parts = 4
+    first, again = _in_process_log(reference, parts, 3), _in_process_log(reference, parts, 8)
+    store: dict[tuple[str, int], pa.Table] = {}
+    violations: list[dict[str, object]] = []
+    rules: list[dict[str, object]] = []
+    directory, states = ServiceDirectory(parts), []
+
+    def write(tables: list[pa.Table]) -> None:  # rows replace by (source_id, block)
+        for t in tables:
+            blocks = t.column("block").to_numpy()
+            assert (blocks >= LOCAL_BLOCK).all()
+            for b in np.unique(blocks).tolist():
+                store[(t.column("source_id")[0].as_py(), b)] = t.filter(
+                    pa.array(blocks == b))
+
+    for p in range(parts):
+        state = PartitionState(p, Pipeline(settings, load_inventory(reference.inventory)),
+                               f"flows/{p}", services=directory)
+        batches, i, snapshot, crashed = first[p], 0, b"", False
+        while i < len(batches):
+            step = state.apply_local(batches[i][1])
+            assert not step.output.edge_minutes.num_rows  # kept until a snapshot
+            if step.audit_ended:
+                directory.add_local(p, state.pipeline.service_clients())
+            violations += step.output.violations
+            rules += step.output.rules
+            if i % 5 == 2:
+                snapshot = state.to_bytes()
+                write(state.take_local())  # the stage writes them once the snapshot is stored
+            if i % 7 == 4 and snapshot and not crashed:
+                crashed = True  # kill -9: restore, re-read the raw records in other batches
+                state = PartitionState.from_bytes(snapshot, settings,
+                                                  load_inventory(reference.inventory))
+                state.services = directory
+                write(state.take_local())  # written again on restore: same blocks, replaced
+                done = state.applied.get("raw/0", -1)
+                batches = again[p]
+                i = next(k for k, (last, _) in enumerate(batches) if last > done)
+                continue
+            i += 1
+        assert crashed
+        state.to_bytes()
+        write(state.take_local())  # the last snapshot (at shutdown)
+        states.append(state)
+    violations += [e for s in states for e in s.release()]
+    assert {k: comparable(v) for k, v in latest_by_id(violations).items()} == {
+        k: comparable(v) for k, v in reference.violations.items()}
+    assert latest_by_id(rules) == reference.rules
+    assert totals_of(store.values()) == reference.totals

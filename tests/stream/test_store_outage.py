@@ -80,7 +80,8 @@ def test_slow_then_lost_store_means_back_pressure_then_nothing_lost(
     cfg = reference_config(
         tmp_path / "w.json", kafka_bootstrap, topics, reference, store=store,
         metrics_port=port, snapshot_every=10_000,
-        stream={"max_messages": 1000, "snapshot_idle_seconds": 5.0},
+        stream={"max_messages": 1000, "snapshot_idle_seconds": 5.0,
+                "in_process": False},  # the flows topic is the buffer (in-process: the raw)
         writer={"max_rows": MAX_ROWS, "max_pending_rows": MAX_PENDING, "max_seconds": 0.5,
                 "retry_base_delay": 0.05, "retry_max_delay": 0.5})
     w = WorkerProcess(cfg, tmp_path / "w.log",

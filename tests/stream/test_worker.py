@@ -107,6 +107,7 @@ def test_one_worker_equals_replay(kafka_bootstrap: str, reference: Reference,
     finally:
         assert w.stop() == 0, w.text()[-3000:]
     assert "Traceback" not in w.text()
+    assert "handed over in memory" in w.text()  # role all: owned partitions skip the topic
     assert_matches_replay(reference, kafka_bootstrap, topics, [store])
     assert store_totals(store) == reference.totals  # the same, summed by ClickHouse itself
     from pipeline.storage import open_store
@@ -179,14 +180,48 @@ def test_second_worker_joins_mid_stream(kafka_bootstrap: str, reference: Referen
     assert_matches_replay(reference, kafka_bootstrap, topics, stores)
 
 
-def test_kill_9_then_restart(kafka_bootstrap: str, reference: Reference,
-                             tmp_path: Path) -> None:
+def test_kill_9_in_process_then_restart(kafka_bootstrap: str, reference: Reference,
+                                        tmp_path: Path) -> None:
+    """In-process routing (role all): batches skip the flows topic, so a kill -9 loses what
+    no snapshot covers; the raw offsets were not committed past it, the restarted worker
+    re-reads them with other batch boundaries — and nothing is lost or doubled."""
     topics = new_topics(kafka_bootstrap)
     publish_inventory(kafka_bootstrap, topics, reference.inventory)
     produce_lines(kafka_bootstrap, topics.raw, reference.lines, sizes=(1, 50))
     store = tmp_path / "store"
     cfg = reference_config(tmp_path / "w.json", kafka_bootstrap, topics, reference, store=store,
-                           snapshot_every=5, stream={"max_messages": 200})
+                           snapshot_every=5, stream={"max_messages": 300})
+    w = WorkerProcess(cfg, tmp_path / "w.log").start()
+    try:
+        deadline = time.monotonic() + 90
+        while (w.text().count("handed over in memory") < 4
+               or not committed(kafka_bootstrap, f"{topics.prefix}-ingest", topics.raw)):
+            assert time.monotonic() < deadline and w.running, w.text()[-3000:]
+            time.sleep(0.05)
+        w.kill()  # mid-stream: batches applied in memory after the last snapshots are lost
+        behind = group_lag(kafka_bootstrap, f"{topics.prefix}-ingest", topics.raw)
+        assert behind, behind
+        cfg.write_text(cfg.read_text().replace('"max_messages": 300', '"max_messages": 170'))
+        w.start()  # other batch boundaries
+        wait_caught_up(kafka_bootstrap, topics.prefix, topics, [w])
+    finally:
+        w.stop()
+    assert w.exit_codes[0] == -9 and w.exit_codes[-1] == 0, w.text()[-3000:]
+    assert "restored its snapshot" in w.text()
+    assert_matches_replay(reference, kafka_bootstrap, topics, [store])
+    assert store_totals(store) == reference.totals  # summed by ClickHouse: nothing doubled
+
+
+def test_kill_9_then_restart(kafka_bootstrap: str, reference: Reference,
+                             tmp_path: Path) -> None:
+    """The flows topic path (``stream.in_process`` off, as between two processes)."""
+    topics = new_topics(kafka_bootstrap)
+    publish_inventory(kafka_bootstrap, topics, reference.inventory)
+    produce_lines(kafka_bootstrap, topics.raw, reference.lines, sizes=(1, 50))
+    store = tmp_path / "store"
+    cfg = reference_config(tmp_path / "w.json", kafka_bootstrap, topics, reference, store=store,
+                           snapshot_every=5,
+                           stream={"max_messages": 200, "in_process": False})
     w = WorkerProcess(cfg, tmp_path / "w.log").start()
     try:
         deadline = time.monotonic() + 90
@@ -346,9 +381,10 @@ def test_a_worker_started_later_adopts_the_agreed_start(
     half = len(reference.lines) // 2
     sent_before_b = produce_lines(kafka_bootstrap, topics.raw, reference.lines[:half])
     store = tmp_path / "store"
-    workers = [WorkerProcess(write_config(
+    workers = [WorkerProcess(write_config(  # the flows topic's messages are inspected below
         tmp_path / f"{n}.json", kafka_bootstrap, topics, store=store, app_id=topics.prefix,
-        audit_start=None, audit_days=reference.audit_days), tmp_path / f"{n}.log")
+        audit_start=None, audit_days=reference.audit_days, stream={"in_process": False}),
+        tmp_path / f"{n}.log")
         for n in "ab"]
     a, b = workers
     try:
