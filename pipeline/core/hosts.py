@@ -55,7 +55,7 @@ from typing import Any, Self
 import numpy as np
 
 from pipeline.core.addresses import int_to_ip
-from pipeline.core.hostsets import DistinctCounter, combine, sorted_find
+from pipeline.core.hostsets import DistinctCounter, combine, group_cumsum, sorted_find
 
 FEATURES = ("flows", "peers", "ports", "pairs", "apps", "bytes_out", "failures",
             "failure_share", "new_edges", "hour_of_week")
@@ -273,10 +273,10 @@ class HostWindows:
         kf = (t.failed & ~t.new_edge).astype(np.int64)
         if running:
             order = np.argsort(tr, kind="stable")  # one grouping for the three running sums
-            out.flows[rows] = c["flows"][tr] + _cumsum_by(order, tr, np.ones(len(rows),
-                                                                             dtype=np.int64))
-            out.failures[rows] = c["failures"][tr] + _cumsum_by(order, tr, failed)
-            out.known_failures[rows] = c["known_failures"][tr] + _cumsum_by(order, tr, kf)
+            ones = np.ones(len(rows), dtype=np.int64)
+            out.flows[rows] = c["flows"][tr] + group_cumsum(tr, ones, order)
+            out.failures[rows] = c["failures"][tr] + group_cumsum(tr, failed, order)
+            out.known_failures[rows] = c["known_failures"][tr] + group_cumsum(tr, kf, order)
         nr = len(c["flows"])
         c["flows"] += np.bincount(tr, minlength=nr)
         c["bytes"] += np.bincount(tr, weights=t.bytes, minlength=nr).astype(np.int64)
@@ -360,20 +360,6 @@ class HostWindows:
         w.new_edges_ = DistinctCounter.from_state(state["new_edges"], **p)
         w.dropped_flows_ = int(state["dropped_flows"])
         return w
-
-
-def _cumsum_by(order: np.ndarray, group: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Running sum of ``values`` within each group in row order, ``order`` being a stable
-    argsort of ``group``."""
-    v = values[order]
-    g = group[order]
-    cs = np.cumsum(v)
-    head = np.r_[True, g[1:] != g[:-1]]
-    starts = np.flatnonzero(head)
-    offset = (cs[starts] - v[starts])[np.cumsum(head) - 1]
-    out = np.empty_like(cs)
-    out[order] = cs - offset
-    return out
 
 
 def empty_features() -> dict[str, np.ndarray]:

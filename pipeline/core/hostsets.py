@@ -60,11 +60,14 @@ def take_at(arr: np.ndarray, pos: np.ndarray, fill: float | int = 0) -> np.ndarr
     return np.where(pos >= 0, arr[np.maximum(pos, 0)], fill)
 
 
-def group_cumsum(group: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Running sum of ``values`` within each group, in row order (rows already ordered)."""
+def group_cumsum(group: np.ndarray, values: np.ndarray,
+                 order: np.ndarray | None = None) -> np.ndarray:
+    """Running sum of ``values`` within each group, in row order (rows already ordered);
+    ``order``, a stable argsort of ``group``, may be given to share one sort between calls."""
     if not len(group):
         return np.zeros(0, dtype=values.dtype)
-    order = np.argsort(group, kind="stable")
+    if order is None:
+        order = np.argsort(group, kind="stable")
     v = values[order]
     g = group[order]
     cs = np.cumsum(v)
