@@ -8,19 +8,32 @@ screenshot lands in ``var/test-artifacts/`` for a human to look at.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+from datetime import UTC, date, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import pytest
+from plotly.offline import get_plotlyjs
 
-from pipeline.commands.report import InputCounts, build_report, write_report
+from pipeline.commands.report import (
+    AppProgress,
+    InputCounts,
+    app_progress,
+    audit_figure,
+    build_report,
+    write_report,
+)
 from pipeline.storage import open_store
-from pipeline.storage.queries import QueryFilter
+from pipeline.storage.queries import QueryFilter, run_view
 from tests.conftest import replay_into_store
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "var" / "test-artifacts"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "sources"
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +88,8 @@ def test_report_is_self_contained(report: Path):
     page = report.read_text(encoding="utf-8")
     assert "Content-Security-Policy" in page and "default-src 'none'" in page
     assert '<script src="http' not in page and '<link rel="stylesheet" href="http' not in page
-    for section in ('id="map"', 'id="violations"', 'id="audit"', 'id="coverage"', 'id="input"',
-                    'id="would-block"', 'id="incidents"', 'id="latest-incidents"'):
+    for section in ('id="map"', 'id="violations"', 'id="audit"', 'id="readiness-table"',
+                    'id="input"', 'id="would-block"', 'id="incidents"', 'id="latest-incidents"'):
         assert section in page
 
 
@@ -105,10 +118,10 @@ def test_report_renders_in_chromium(report: Path, browser, stored) -> None:
         "violation bars by severity": "#chart-by-severity .barlayer .point path",
         "incident bars by severity": "#chart-incidents .barlayer .point path",
         "audit heatmap": "#chart-audit .heatmaplayer image",
-        "coverage bars": "#chart-coverage .barlayer .point path",
     }
     drawn = {name: len(browser.find_elements(By.CSS_SELECTOR, css)) for name, css in marks.items()}
     assert all(n > 0 for n in drawn.values()), drawn
+    _check_audit_progress(browser, stored)
     rows = browser.find_elements(By.CSS_SELECTOR, "#latest-violations tr")
     assert len(rows) > 1
     # the latest incidents, each with its member violations (as stored)
@@ -146,6 +159,120 @@ def test_report_renders_in_chromium(report: Path, browser, stored) -> None:
             requested.append(msg["params"]["request"]["url"])
     assert requested and all(u.startswith(("file:", "data:", "blob:")) for u in requested), \
         [u for u in requested if not u.startswith(("file:", "data:", "blob:"))]
+
+
+def _check_audit_progress(browser: Any, stored: Any) -> None:
+    """The audit-progress section against the replay's own readiness and the store's
+    coverage: one labelled row per app, a readiness bar per app (green = ready), a coverage bar
+    per app with inbound flows, and the table's verdicts and reasons."""
+    from selenium.webdriver.common.by import By
+
+    summary, url, _ = stored
+    with open_store(url) as store:
+        coverage = run_view(store, "rule-coverage", QueryFilter(limit=1_000_000)).to_pylist()
+    ready = {r.key: r for r in summary.readiness}
+    covered = {f"{r['namespace']}/{r['app']}" if r["namespace"] else r["app"] for r in coverage}
+    apps = set(ready) | covered
+    assert any(r.ready for r in ready.values()) and not all(r.ready for r in ready.values())
+    ticks = [t.text for t in browser.find_elements(
+        By.CSS_SELECTOR, "#chart-audit .yaxislayer-above .ytick text")]
+    assert set(ticks) == apps and len(ticks) == len(apps)  # every app's row is labelled
+    bars = browser.find_elements(By.CSS_SELECTOR, "#chart-audit .barlayer .trace")
+    assert len(bars) == 2
+    readiness_bars = bars[0].find_elements(By.CSS_SELECTOR, ".point path")
+    assert len(readiness_bars) == len(ready)
+    green = [b for b in readiness_bars if "89, 161, 79" in b.get_attribute("style")]
+    assert len(green) == sum(r.ready for r in ready.values())
+    assert len(bars[1].find_elements(By.CSS_SELECTOR, ".point path")) == len(covered)
+    rows = browser.find_elements(By.CSS_SELECTOR, "#readiness-table tbody tr")
+    assert len(rows) == len(apps)
+    seen = set()
+    for row in rows:
+        cells = [c.text for c in row.find_elements(By.TAG_NAME, "td")]
+        key = cells[0]
+        seen.add(key)
+        if key not in ready:
+            assert cells[1] == "—"
+            continue
+        r = ready[key]
+        assert cells[1] == ("yes" if r.ready else "no"), key
+        assert cells[4].split() == [str(n) for n in r.new_edges_per_day], key
+        if r.ready:
+            since = datetime.fromtimestamp(r.ready_since or 0, UTC).date().isoformat()
+            assert cells[2].startswith(f"ready since {since}"), cells
+        else:
+            assert cells[2].startswith("not ready") and re.search(
+                rf"\b{r.quiet_days} of \d+ quiet days needed", cells[2]), cells
+        assert ("no inbound flows" in cells[5]) == (key not in covered), cells
+    assert seen == apps
+    # not-ready apps first: what to look at before enforcing
+    verdicts = [row.find_elements(By.TAG_NAME, "td")[1].text for row in rows]
+    assert verdicts == sorted(verdicts, key=["no", "yes", "—"].index)
+
+
+def test_audit_progress_stays_legible_at_60_apps(browser: Any, tmp_path: Path) -> None:
+    """60 apps over a 30-day audit: every app keeps its own labelled row, labels do not
+    overlap, every bar is drawn."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    start = date(2026, 1, 5)
+    apps = [AppProgress(f"ns{i % 7}", f"service-with-a-long-name-{i}", first_day=start
+                        + timedelta(days=i % 5), new_edges=[(i * j) % 4 for j in range(30 - i % 5)],
+                        edges=10, ready=i % 3 > 0, quiet_days=i % 9, quiet_days_needed=7,
+                        max_new_edges=1, coverage=(i % 10) / 10 if i % 4 else None)
+            for i in range(60)]
+    page = tmp_path / "sixty.html"
+    page.write_text(f"<html><head><script>{get_plotlyjs()}</script></head><body>"
+                    f"{audit_figure(apps).to_html(full_html=False, include_plotlyjs=False)}"
+                    "</body></html>", encoding="utf-8")
+    browser.set_window_size(1400, 1000)
+    browser.get(page.as_uri())
+    WebDriverWait(browser, 60).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, ".heatmaplayer image"))
+    ticks = browser.find_elements(By.CSS_SELECTOR, ".yaxislayer-above .ytick text")
+    assert sorted(t.text for t in ticks) == sorted(a.key for a in apps)
+    boxes = sorted((t.rect["y"], t.rect["y"] + t.rect["height"]) for t in ticks)
+    assert all(b[0] >= a[1] - 0.5 for a, b in pairwise(boxes)), boxes
+    traces = browser.find_elements(By.CSS_SELECTOR, ".barlayer .trace")
+    assert [len(t.find_elements(By.CSS_SELECTOR, ".point path")) for t in traces] == [
+        60, sum(a.coverage is not None for a in apps)]
+
+
+def test_app_progress_without_readiness_uses_audit_rows() -> None:
+    """An older store (no app_readiness): new edges per day from the audit-progress view,
+    days without new edges filled with 0; no readiness verdict."""
+    audit = [{"namespace": "shop", "app": "web", "day": date(2026, 1, 5), "new_edges": 4},
+             {"namespace": "shop", "app": "web", "day": date(2026, 1, 8), "new_edges": 1}]
+    cover = [{"namespace": "shop", "app": "db", "coverage": 0.5, "allowed_edges": 1,
+              "edges": 2, "flows": 10}]
+    got = {a.key: a for a in app_progress([], cover, audit)}
+    assert got["shop/web"].new_edges == [4, 0, 0, 1] and got["shop/web"].ready is None
+    assert got["shop/db"].coverage == 0.5 and got["shop/db"].status == "no audit traffic"
+    assert list(got) == ["shop/db", "shop/web"]
+
+
+def test_report_counts_dead_letters_and_skips_by_reason(tmp_path: Path) -> None:
+    """``replay --report`` on input with rejected and skipped lines: the input section lists
+    the accepted flows and each dead-letter and skip reason with its count."""
+    lines = (FIXTURES / "aws/v5-header.log").read_bytes().splitlines()
+    lines[2] = lines[2].replace(b" 6 ", b" 6\r ", 1)
+    flows = tmp_path / "flows.log"
+    flows.write_bytes(b"\n".join([*lines, b"junk"]) + b"\n")
+    inv = tmp_path / "inv.jsonl"
+    inv.write_text('{"cidr": "10.0.0.0/8", "app": "a", "namespace": "n"}\n')
+    out = tmp_path / "r.html"
+    r = subprocess.run([sys.executable, "-m", "pipeline.commands.cli", "replay", str(flows),
+                        "--inventory", str(inv), "--audit-days", "1", "--report", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    page = out.read_text(encoding="utf-8")
+    table = page[page.index('<table id="input-counts">'):]
+    table = table[:table.index("</table>")]
+    rows = re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td></tr>", table)
+    assert rows == [("accepted", "", "3"), ("dead-lettered", "bad_line", "1"),
+                    ("dead-lettered", "not_aws_vpc", "1"), ("skipped", "header", "1"),
+                    ("skipped", "nodata", "1")]
 
 
 def test_report_command_writes_the_file(stored, tmp_path: Path):

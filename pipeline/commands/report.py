@@ -13,8 +13,9 @@ import html
 import math
 import re
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 import plotly.graph_objects as go
 from jinja2 import Environment, select_autoescape
 from plotly.offline import get_plotlyjs
+from plotly.subplots import make_subplots
 
 from pipeline.errors import StorageError
 from pipeline.storage.files import write_atomic
@@ -173,37 +175,163 @@ def violations_figure(rows: list[dict[str, Any]], by: str, value: str = "violati
     return fig
 
 
-def audit_figure(rows: list[dict[str, Any]]) -> go.Figure:
-    """New edges per app and audit day, as a heatmap (one row per app)."""
-    apps = sorted({_app_key(r["namespace"], r["app"]) for r in rows})
-    days = sorted({r["day"] for r in rows})
-    if days:
-        first, last = days[0], days[-1]
-        days = [datetime.fromordinal(o).date() for o in range(first.toordinal(),
-                                                                last.toordinal() + 1)]
-    cell = {(_app_key(r["namespace"], r["app"]), r["day"]): int(r["new_edges"]) for r in rows}
-    z = [[cell.get((a, d), 0) for d in days] for a in apps]
-    fig = go.Figure(go.Heatmap(z=z, x=[str(d) for d in days], y=[clean(a) for a in apps],
-                               colorscale="Blues", colorbar={"title": {"text": "new edges"}},
-                               hovertemplate="%{y}<br>%{x}: %{z} new edge(s)<extra></extra>"))
-    fig.update_layout(height=max(260, 18 * len(apps) + 80),
-                      margin={"l": 10, "r": 10, "t": 30, "b": 40}, yaxis={"autorange": "reversed"})
-    return fig
+@dataclass
+class AppProgress:
+    """One app's audit progress: new edges per audit day, readiness, candidate-rule coverage.
+
+    ``ready`` is None when the store has no readiness for the app (an older store, or an app
+    first seen after the audit); ``coverage`` is None when the app had no inbound flows."""
+
+    namespace: str
+    app: str
+    first_day: date | None = None
+    new_edges: list[int] = field(default_factory=list)  # per day from first_day on
+    edges: int = 0
+    ready: bool | None = None
+    quiet_days: int = 0
+    quiet_days_needed: int = 0
+    max_new_edges: int = 0
+    ready_since: date | None = None
+    last_busy_day: date | None = None
+    last_busy_new_edges: int = 0
+    coverage: float | None = None
+    allowed_edges: int = 0
+    inbound_edges: int = 0
+    inbound_flows: int = 0
+
+    @property
+    def key(self) -> str:
+        return _app_key(self.namespace, self.app)
+
+    @property
+    def status(self) -> str:
+        """Why (not) ready, in one line."""
+        if self.ready is None:
+            return "no audit traffic" if self.coverage is not None else ""
+        if self.ready:
+            since = self.ready_since.isoformat() if self.ready_since else "?"
+            return (f"ready since {since}: {self.quiet_days} quiet day(s) in a row "
+                    f"(≤ {self.max_new_edges} new edge(s) a day)")
+        why = (f"{self.last_busy_new_edges} new edge(s) on {self.last_busy_day.isoformat()} "
+               f"(a quiet day has ≤ {self.max_new_edges}); " if self.last_busy_day else "")
+        return (f"not ready: {why}{self.quiet_days} of {self.quiet_days_needed} quiet days "
+                "needed")
 
 
-def coverage_figure(rows: list[dict[str, Any]]) -> go.Figure:
-    """Share of each app's inbound flows its candidate ingress rules allow."""
-    rows = sorted(rows, key=lambda r: (r["coverage"], r["namespace"], r["app"]))
-    fig = go.Figure(go.Bar(
-        x=[100 * r["coverage"] for r in rows], y=[clean(_app_key(r["namespace"], r["app"]))
-                                                  for r in rows],
-        orientation="h", marker_color="#4e79a7",
-        customdata=[[r["allowed_edges"], r["edges"], r["flows"]] for r in rows],
-        hovertemplate="%{y}: %{x:.1f}% of flows allowed<br>%{customdata[0]} of "
-                      "%{customdata[1]} edges, %{customdata[2]:,} flows<extra></extra>"))
-    fig.update_layout(height=max(260, 18 * len(rows) + 80), xaxis={"range": [0, 100],
-                      "title": {"text": "% of inbound flows allowed"}},
-                      margin={"l": 10, "r": 10, "t": 30, "b": 40})
+def _day(value: Any) -> date | None:
+    """A view's Date, DateTime or epoch seconds (a nullable DateTime reads as an int)."""
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        value = datetime.fromtimestamp(value, UTC)
+    return value.date() if isinstance(value, datetime) else value  # type: ignore[no-any-return]
+
+
+def app_progress(readiness: list[dict[str, Any]], coverage: list[dict[str, Any]],
+                 audit: Sequence[dict[str, Any]] = ()) -> list[AppProgress]:
+    """One :class:`AppProgress` per app, from the ``readiness`` and ``rule-coverage`` views
+    (``audit-progress`` rows fill the new edges per day for a store without readiness).
+    Not-ready apps first, then ready ones, then apps without readiness; by name within."""
+    apps: dict[tuple[str, str], AppProgress] = {}
+
+    def get(ns: str, app: str) -> AppProgress:
+        return apps.setdefault((ns, app), AppProgress(ns, app))
+
+    for r in readiness:  # the view's rows are contiguous days from the app's first day on
+        a = get(r["namespace"], r["app"])
+        a.first_day, a.new_edges = _day(r["first_day"]), [int(n) for n in r["new_edges_per_day"]]
+        a.edges, a.ready = int(r["edges"]), bool(r["ready"])
+        a.quiet_days, a.quiet_days_needed = int(r["quiet_days"]), int(r["quiet_days_needed"])
+        a.max_new_edges, a.ready_since = int(r["max_new_edges"]), _day(r["ready_since"])
+        a.last_busy_day = _day(r.get("last_busy_day"))
+        a.last_busy_new_edges = int(r.get("last_busy_new_edges") or 0)
+    if not readiness:
+        per_day: dict[tuple[str, str], dict[date, int]] = defaultdict(dict)
+        for r in audit:
+            per_day[(r["namespace"], r["app"])][_day(r["day"])] = int(r["new_edges"])  # type: ignore[index]
+        for (ns, app), days in per_day.items():
+            a = get(ns, app)
+            a.first_day = min(days)
+            span = (max(days) - a.first_day).days + 1
+            a.new_edges = [days.get(a.first_day + timedelta(days=i), 0) for i in range(span)]
+            a.edges = sum(a.new_edges)
+    for r in coverage:
+        a = get(r["namespace"], r["app"])
+        a.coverage, a.allowed_edges = float(r["coverage"]), int(r["allowed_edges"])
+        a.inbound_edges, a.inbound_flows = int(r["edges"]), int(r["flows"])
+    rank = {None: 2, False: 0, True: 1}
+    return sorted(apps.values(), key=lambda a: (rank[a.ready], a.namespace, a.app))
+
+
+def audit_figure(apps: list[AppProgress]) -> go.Figure:
+    """One row per app, read across: new edges per audit day (heatmap), quiet days in a row
+    against the days needed (green when ready) and the share of its inbound flows its
+    candidate rules allow. Every app gets its own labelled row (20 px), so 50+ apps stay
+    legible; hover gives the numbers."""
+    dated = [a for a in apps if a.first_day is not None]
+    first = min((a.first_day for a in dated), default=None)  # type: ignore[type-var]
+    n_days = max(((a.first_day - first).days + len(a.new_edges) for a in dated),  # type: ignore[operator]
+                 default=0)
+    days = [first + timedelta(days=i) for i in range(n_days)] if first else []
+    names = [clean(a.key) for a in apps]
+    z: list[list[int | None]] = []
+    for a in apps:
+        row: list[int | None] = [None] * n_days
+        if a.first_day is not None and first is not None:
+            off = (a.first_day - first).days
+            row[off:off + len(a.new_edges)] = a.new_edges
+        z.append(row)
+    with_ready = any(a.ready is not None for a in apps)
+    with_cover = any(a.coverage is not None for a in apps)
+    cols = 1 + with_ready + with_cover
+    widths = [0.6] + [0.2] * (cols - 1) if cols > 1 else [1.0]
+    titles = ["new edges per audit day"] + (["quiet days in a row / needed"] if with_ready
+                                              else []) + (["candidate-rule coverage"]
+                                                          if with_cover else [])
+    fig = make_subplots(rows=1, cols=cols, shared_yaxes=True, column_widths=widths,
+                        horizontal_spacing=0.015, subplot_titles=titles)
+    # the first days' many new edges would wash out the later ones: the colour saturates
+    # a little above a quiet day's allowance, every non-zero cell shows its number
+    quiet = max((a.max_new_edges for a in apps), default=0)
+    fig.add_trace(go.Heatmap(
+        z=z, x=[d.isoformat() for d in days], y=names, colorscale="Blues", hoverongaps=False,
+        zmin=0, zmax=max(4, 3 * (quiet + 1)),
+        text=[["" if not v else str(v) for v in row] for row in z], texttemplate="%{text}",
+        textfont={"size": 10},
+        colorbar={"title": {"text": "new edges", "side": "top"}, "orientation": "h",
+                  "x": 0.3, "xanchor": "center", "y": 0, "yref": "container",
+                  "yanchor": "bottom", "len": 0.3, "thickness": 10},
+        hovertemplate="%{y}<br>%{x}: %{z} new edge(s)<extra></extra>"), row=1, col=1)
+    col = 2
+    if with_ready:
+        ready = [a for a in apps if a.ready is not None]
+        fig.add_trace(go.Bar(
+            x=[min(a.quiet_days, a.quiet_days_needed) for a in ready],
+            y=[clean(a.key) for a in ready], orientation="h",
+            marker_color=["#59a14f" if a.ready else "#e15759" for a in ready],
+            text=[f"{a.quiet_days}/{a.quiet_days_needed}" for a in ready],
+            textposition="auto", hovertext=[html.escape(a.status) for a in ready],
+            hovertemplate="%{y}<br>%{hovertext}<extra></extra>", name="readiness",
+            showlegend=False), row=1, col=col)
+        fig.update_xaxes(range=[0, max(a.quiet_days_needed for a in ready) or 1], row=1,
+                         col=col, title={"text": "green: ready to enforce"})
+        col += 1
+    if with_cover:
+        covered = [a for a in apps if a.coverage is not None]
+        fig.add_trace(go.Bar(
+            x=[100 * (a.coverage or 0.0) for a in covered], y=[clean(a.key) for a in covered],
+            orientation="h", marker_color="#4e79a7",
+            text=[f"{100 * (a.coverage or 0.0):.0f}%" for a in covered], textposition="auto",
+            customdata=[[a.allowed_edges, a.inbound_edges, a.inbound_flows] for a in covered],
+            hovertemplate="%{y}: %{x:.1f}% of inbound flows allowed<br>%{customdata[0]} of "
+                          "%{customdata[1]} edges, %{customdata[2]:,} flows<extra></extra>",
+            name="coverage", showlegend=False), row=1, col=col)
+        fig.update_xaxes(range=[0, 100], row=1, col=col,
+                         title={"text": "% of inbound flows allowed"})
+    fig.update_yaxes(categoryorder="array", categoryarray=names, autorange="reversed",
+                     tickmode="array", tickvals=names, ticktext=names, tickfont={"size": 11})
+    fig.update_layout(height=max(300, 20 * len(apps) + 150), bargap=0.25,
+                      margin={"l": 10, "r": 10, "t": 40, "b": 110}, plot_bgcolor="white")
     return fig
 
 
@@ -236,8 +364,10 @@ def build_report(store: Any, flt: QueryFilter, *, title: str = "segflow report",
     members: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for m in _try(store, "incident-violations", recent, notes) if incidents else []:
         members[m["incident_id"]].append(m)
-    audit = _try(store, "audit-progress", big, notes)
+    ready = _try(store, "readiness", big, notes)
+    audit = [] if ready else _try(store, "audit-progress", big, notes)
     coverage = _try(store, "rule-coverage", big, notes)
+    progress = app_progress(ready, coverage, audit)
     blocked = _try(store, "would-block", QueryFilter(start=flt.start, end=flt.end, app=flt.app,
                                                       limit=50), notes)
     charts: dict[str, str] = {}
@@ -249,10 +379,8 @@ def build_report(store: Any, flt: QueryFilter, *, title: str = "segflow report",
     if incident_counts:
         charts["incidents"] = _div(violations_figure(incident_counts, "severity", "incidents"),
                                    "incidents")
-    if audit:
-        charts["audit"] = _div(audit_figure(audit), "audit")
-    if coverage:
-        charts["coverage"] = _div(coverage_figure(coverage), "coverage")
+    if progress:
+        charts["audit"] = _div(audit_figure(progress), "audit")
     apps = {_app_key(r[f"{e}_namespace"], r[f"{e}_app"]) for r in edges for e in ("src", "dst")}
     totals = {
         "edges": len(edges), "apps": len(apps),
@@ -267,7 +395,7 @@ def build_report(store: Any, flt: QueryFilter, *, title: str = "segflow report",
     return template.render(
         title=title, generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         store=str(getattr(store, "url", "")), flt=flt, totals=totals, charts=charts,
-        latest=latest, incidents=incidents, members=members, coverage=coverage,
+        latest=latest, incidents=incidents, members=members, progress=progress,
         blocked=blocked, inputs=inputs, notes=notes,
         map_limit=MAP_EDGES, plotly_js=get_plotlyjs(),
     )
@@ -281,5 +409,5 @@ def write_report(store: Any, out: Path, flt: QueryFilter | None = None,
     return out
 
 
-__all__ = ["InputCounts", "app_map_figure", "build_report", "clean", "inputs_from_summary",
-           "write_report"]
+__all__ = ["AppProgress", "InputCounts", "app_map_figure", "app_progress", "audit_figure",
+           "build_report", "clean", "inputs_from_summary", "write_report"]

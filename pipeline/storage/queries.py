@@ -162,7 +162,8 @@ GROUP BY namespace, app, day
 ORDER BY namespace, app, day
 LIMIT {{limit:UInt32}}"""),
         View("readiness", "app_readiness",
-             "per app: new edges per audit day, quiet days in a row, ready to enforce", f"""
+             "per app: new edges per audit day, quiet days in a row, ready to enforce (or the "
+             "last day with too many new edges)", f"""
 SELECT namespace, app, toDate(min(day)) AS first_day, toDate(max(day)) AS last_day,
        sum(new_edges) AS edges,
        if(countIf(new_edges > mx) > 0, toUnixTimestamp(maxIf(day, new_edges > mx)) + 86400,
@@ -172,7 +173,10 @@ SELECT namespace, app, toDate(min(day)) AS first_day, toDate(max(day)) AS last_d
        quiet_days >= quiet_days_needed AS ready,
        if(ready, toDateTime(quiet_start + quiet_days_needed * 86400, 'UTC'), NULL)
            AS ready_since,
-       arrayMap(x -> x.2, arraySort(groupArray((day, new_edges)))) AS new_edges_per_day
+       arrayMap(x -> x.2, arraySort(groupArray((day, new_edges)))) AS new_edges_per_day,
+       if(countIf(new_edges > mx) > 0, toDate(maxIf(day, new_edges > mx)), NULL)
+           AS last_busy_day,
+       toUInt32(argMaxIf(new_edges, day, new_edges > mx)) AS last_busy_new_edges
 FROM (
     SELECT namespace, app, day, sum(new_edges) AS new_edges, max(max_new_edges) AS mx,
            max(quiet_days_needed) AS need
