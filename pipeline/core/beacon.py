@@ -19,7 +19,7 @@ from typing import Any, Self
 
 import numpy as np
 
-from pipeline.core.hostsets import combine, sorted_find
+from pipeline.core.hostsets import combine, sorted_find, stable_order, unique_first
 
 K = 12  # intervals kept per series
 MERGE_S = 1.0  # a flow this close to the previous one is the same beat
@@ -52,7 +52,7 @@ class BeaconSeries:
         if not n:
             return periodic, mean_out, cv_out, beats_out
         sk = combine(host, peer, port.astype(np.int64), proto.astype(np.int64))
-        gu, first, ginv = np.unique(sk, return_index=True, return_inverse=True)
+        gu, first, ginv = unique_first(sk)
         pos = sorted_find(self.keys_, gu)
         new = np.flatnonzero(pos < 0)
         if len(new):
@@ -80,7 +80,10 @@ class BeaconSeries:
             self.beats_[sr] = 0
             self.ring_[sr] = 0.0
         g = ginv[rows]
-        order = rows[np.lexsort((start[rows], g))]  # by series, then time
+        st = start[rows]
+        # by series, then time (rows come time-ordered: a stable sort by series does it)
+        order = rows[stable_order(g) if bool((st[1:] >= st[:-1]).all())
+                     else np.lexsort((st, g))]
         gs = ginv[order]
         t = start[order]
         head = np.r_[True, gs[1:] != gs[:-1]]
@@ -109,7 +112,8 @@ class BeaconSeries:
         f_vals = np.r_[r_vals, interval[has]]
         f_seq = np.r_[r_seq, np.arange(n_iv)]
         f_new = np.r_[np.zeros(len(r_vals), dtype=bool), np.ones(n_iv, dtype=bool)]
-        fo = np.lexsort((f_seq, f_series))
+        # (series, seq) pairs are distinct: one unstable sort of a combined key = lexsort
+        fo = np.argsort(f_series.astype(np.int64) * (n_iv + K) + (f_seq + K))
         f_series, f_vals, f_new = f_series[fo], f_vals[fo], f_new[fo]
         fhead = np.r_[True, f_series[1:] != f_series[:-1]] if len(f_series) else np.zeros(0, bool)
         fstart = np.flatnonzero(fhead)

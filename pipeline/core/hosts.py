@@ -55,7 +55,15 @@ from typing import Any, Self
 import numpy as np
 
 from pipeline.core.addresses import int_to_ip
-from pipeline.core.hostsets import DistinctCounter, combine, group_cumsum, sorted_find
+from pipeline.core.hostsets import (
+    DistinctCounter,
+    combine,
+    group_cummax,
+    group_cumsum,
+    sorted_find,
+    stable_order,
+    unique_first,
+)
 
 FEATURES = ("flows", "peers", "ports", "pairs", "apps", "bytes_out", "failures",
             "failure_share", "new_edges", "hour_of_week")
@@ -170,8 +178,7 @@ class ReleaseBuffer:
         rel = p.take(np.flatnonzero(out))
         self.pending_ = p.take(np.flatnonzero(~out))
         self.released_upto_ = max(self.released_upto_, upto)
-        order = np.lexsort((rel.bytes, rel.proto, rel.port, rel.peer, rel.host, rel.start))
-        return rel.take(order)
+        return rel.take(_release_order(rel))
 
     def state(self) -> dict[str, Any]:
         return {"pending": self.pending_.as_dict(),
@@ -190,6 +197,20 @@ class ReleaseBuffer:
         b.early_released_ = int(state["early_released"])
         b.late_flows_ = int(state["late_flows"])
         return b
+
+
+def _release_order(f: HostFlows) -> np.ndarray:
+    """``np.lexsort((bytes, proto, port, peer, host, start))``: a stable sort by start (cheap
+    on time-ordered input), then the full lexsort only among flows that share a start."""
+    order = np.argsort(f.start, kind="stable")
+    s = f.start[order]
+    same = s[1:] == s[:-1]
+    if same.any():
+        tie = np.flatnonzero(np.r_[same, False] | np.r_[False, same])
+        sub = order[tie]  # ascending within each start (stable)
+        order[tie] = sub[np.lexsort((f.bytes[sub], f.proto[sub], f.port[sub], f.peer[sub],
+                                     f.host[sub], f.start[sub]))]
+    return order
 
 
 @dataclass(slots=True)
@@ -241,7 +262,7 @@ class HostWindows:
         n = len(f)
         win = np.floor(f.start / self.window).astype(np.int64)
         rk = combine(f.host, win)
-        uk, first, inv = np.unique(rk, return_index=True, return_inverse=True)
+        uk, first, inv = unique_first(rk)
         pos = sorted_find(self.keys_, uk)
         new = np.flatnonzero(pos < 0)
         if len(new):
@@ -272,7 +293,7 @@ class HostWindows:
         failed = t.failed.astype(np.int64)
         kf = (t.failed & ~t.new_edge).astype(np.int64)
         if running:
-            order = np.argsort(tr, kind="stable")  # one grouping for the three running sums
+            order = stable_order(tr)  # one grouping for the three running sums
             ones = np.ones(len(rows), dtype=np.int64)
             out.flows[rows] = c["flows"][tr] + group_cumsum(tr, ones, order)
             out.failures[rows] = c["failures"][tr] + group_cumsum(tr, failed, order)
@@ -282,15 +303,30 @@ class HostWindows:
         c["bytes"] += np.bincount(tr, weights=t.bytes, minlength=nr).astype(np.int64)
         c["failures"] += np.bincount(tr, weights=failed, minlength=nr).astype(np.int64)
         c["known_failures"] += np.bincount(tr, weights=kf, minlength=nr).astype(np.int64)
-        np.maximum.at(c["app"], tr, t.app)
-        self.peers_.add(tk, t.peer, tw, running=False)
-        self.apps_.add(tk, t.peer_app.astype(np.uint64), tw, running=False)
+        # the distinct counters only see each (host, window, port, peer, peer app, app) once:
+        # its first flow (in row order) is the first flow of every coarser key too
         port64 = t.port.astype(np.int64)
+        pk = combine(tk, port64)
+        _, tfirst, tinv = unique_first(combine(pk, t.peer, t.peer_app, t.app))
+        sel = np.sort(tfirst)
+        np.maximum.at(c["app"], tr[sel], t.app[sel])
+        s_tk, s_tw, s_peer = tk[sel], tw[sel], t.peer[sel]
+        self.peers_.add(s_tk, s_peer, s_tw, running=False)
+        self.apps_.add(s_tk, t.peer_app[sel].astype(np.uint64), s_tw, running=False)
+        s_port = port64[sel]
+        s_pk = pk[sel]
         pp, stored, created = self.port_peers_.add(
-            combine(tk, port64), t.peer, tw, label=combine(t.app, port64),
-            label2=combine(t.host, port64), running=running)
+            s_pk, s_peer, s_tw, label=combine(t.app[sel], s_port),
+            label2=combine(t.host[sel], s_port), running=running)
+        stored, created = sel[stored], sel[created]
         if pp is not None:
-            out.port_peers[rows] = pp
+            # a flow's count is that of the last first-of-its-tuple flow of its (host,
+            # window, port) at or before it: counts only grow within a group
+            g_sel = unique_first(s_pk)[2]
+            group = g_sel[np.searchsorted(sel, tfirst)[tinv]]
+            after = np.zeros(len(t), dtype=np.int64)
+            after[sel] = pp
+            out.port_peers[rows] = group_cummax(group, after)
         c["pairs"] += np.bincount(tr[stored], minlength=nr)
         c["ports"] += np.bincount(tr[created], minlength=nr)
         ne = np.flatnonzero(t.new_edge)

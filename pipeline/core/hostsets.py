@@ -60,6 +60,38 @@ def take_at(arr: np.ndarray, pos: np.ndarray, fill: float | int = 0) -> np.ndarr
     return np.where(pos >= 0, arr[np.maximum(pos, 0)], fill)
 
 
+def unique_first(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``np.unique(x, return_index=True, return_inverse=True)``, faster: one unstable
+    (SIMD) argsort and the smallest row of each run, instead of a stable sort.
+
+    >>> [a.tolist() for a in unique_first(np.array([5, 3, 5, 1]))]
+    [[1, 3, 5], [3, 1, 0], [2, 1, 2, 0]]
+    """
+    n = len(x)
+    if not n:
+        return x[:0].copy(), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    o = np.argsort(x)
+    s = x[o]
+    head = np.empty(n, dtype=bool)
+    head[0] = True
+    np.not_equal(s[1:], s[:-1], out=head[1:])
+    starts = np.flatnonzero(head)
+    first = np.minimum.reduceat(o, starts).astype(np.int64)
+    inv = np.empty(n, dtype=np.int64)
+    inv[o] = np.cumsum(head) - 1
+    return s[starts], first, inv
+
+
+def stable_order(group: np.ndarray) -> np.ndarray:
+    """``np.argsort(group, kind="stable")`` of non-negative ints (group or row indices):
+    (group, row) pairs are distinct, so an unstable sort of ``group × n + row`` gives the
+    same order, faster (a stable sort when that product could overflow)."""
+    n = len(group)
+    if not n or int(group.min()) < 0 or int(group.max()) >= (1 << 62) // n:
+        return np.argsort(group, kind="stable")
+    return np.argsort(group.astype(np.int64) * n + np.arange(n, dtype=np.int64))
+
+
 def group_cumsum(group: np.ndarray, values: np.ndarray,
                  order: np.ndarray | None = None) -> np.ndarray:
     """Running sum of ``values`` within each group, in row order (rows already ordered);
@@ -67,7 +99,7 @@ def group_cumsum(group: np.ndarray, values: np.ndarray,
     if not len(group):
         return np.zeros(0, dtype=values.dtype)
     if order is None:
-        order = np.argsort(group, kind="stable")
+        order = stable_order(group)
     v = values[order]
     g = group[order]
     cs = np.cumsum(v)
@@ -113,9 +145,9 @@ class DistinctCounter:
             return (np.zeros(0, dtype=np.int64) if running else None,
                     np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
         member = combine(group, value)
-        uniq, first = np.unique(member, return_index=True)
+        uniq, first, _ = unique_first(member)
         fresh = first[sorted_find(self.members_, uniq) < 0]  # rows adding a new member
-        gu, gfirst, ginv = np.unique(group, return_index=True, return_inverse=True)
+        gu, gfirst, ginv = unique_first(group)
         gpos = sorted_find(self.groups_, gu)
         base = take_at(self.count_, gpos)
         added = np.bincount(ginv[fresh], minlength=len(gu))
@@ -193,12 +225,16 @@ class DistinctCounter:
         return d
 
 
-def group_cummax(group: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Running maximum of non-negative ints (< 2^40) within each group, in row order."""
+def group_cummax(group: np.ndarray, values: np.ndarray,
+                 order: np.ndarray | None = None) -> np.ndarray:
+    """Running maximum of non-negative ints (< 2^40) within each group, in row order
+    (``order``: as for :func:`group_cumsum`)."""
     if not len(group):
         return np.zeros(0, dtype=np.int64)
-    order = np.argsort(group, kind="stable")
-    g = np.unique(group[order], return_inverse=True)[1].astype(np.int64)
+    if order is None:
+        order = stable_order(group)
+    gs = group[order]
+    g = np.cumsum(np.r_[False, gs[1:] != gs[:-1]]).astype(np.int64)
     v = np.clip(values[order].astype(np.int64), 0, (1 << 40) - 1)
     acc = np.maximum.accumulate((g << 40) | v) & ((1 << 40) - 1)
     out = np.empty(len(group), dtype=np.int64)
@@ -233,7 +269,7 @@ class RunningSums:
         if not n:
             return (np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64),
                     np.zeros(0, dtype=bool))
-        gu, first, ginv = np.unique(key, return_index=True, return_inverse=True)
+        gu, first, ginv = unique_first(key)
         pos = sorted_find(self.keys_, gu)
         new = np.flatnonzero(pos < 0)
         room = self.max_groups - len(self.keys_)
@@ -267,14 +303,15 @@ class RunningSums:
             e = np.zeros(0)
             return e, e.astype(np.int64), e.astype(np.int64), ok
         base = take_at(self.sum_, pos, 0.0)
-        running_sum = base[ginv] + group_cumsum(ginv, v)
+        order = stable_order(ginv)  # one grouping for the three running values
+        running_sum = base[ginv] + group_cumsum(ginv, v, order)
         totals = np.bincount(ginv, weights=v, minlength=len(gu))
         self.sum_[pos[hit]] += totals[hit]
-        run_max = np.maximum(take_at(self.max_, pos)[ginv], group_cummax(ginv, vi))
+        run_max = np.maximum(take_at(self.max_, pos)[ginv], group_cummax(ginv, vi, order))
         gmax = np.zeros(len(gu), dtype=np.int64)
         np.maximum.at(gmax, ginv, run_max)
         self.max_[pos[hit]] = gmax[hit]
-        run_n = take_at(self.n_, pos)[ginv] + group_cumsum(ginv, ok.astype(np.int64))
+        run_n = take_at(self.n_, pos)[ginv] + group_cumsum(ginv, ok.astype(np.int64), order)
         self.n_[pos[hit]] += np.bincount(ginv, weights=ok, minlength=len(gu)).astype(
             np.int64)[hit]
         return running_sum, run_max, run_n, ok
@@ -373,5 +410,4 @@ class LogHistograms:
 
 
 __all__ = ["DistinctCounter", "LogHistograms", "RunningSums", "combine", "group_cummax",
-           "group_cumsum", "mix",
-           "sorted_find", "take_at"]
+           "group_cumsum", "mix", "sorted_find", "stable_order", "take_at", "unique_first"]
