@@ -31,13 +31,14 @@ Bounds: the :class:`HostWindows` bounds, ``max_hosts × 4`` open (host, edge, wi
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Self
 
 import numpy as np
 
 from pipeline.core.beacon import BeaconSeries
 from pipeline.core.detect import BEACON, FAILED, FAN_OUT, HOST_VOLUME, TYPES, Candidates
+from pipeline.core.hostaudit import HostAuditFindings, HostFinding
 from pipeline.core.hosts import HostFlows, HostWindows, ReleaseBuffer, empty_features, host_text
 from pipeline.core.hostsets import LogHistograms, RunningSums, combine, mix, sorted_find
 
@@ -86,6 +87,9 @@ class HostBehaviour:
         self.vol_full_ = LogHistograms(bins=96, per_octave=2)
         self.periodic_ = np.zeros(0, dtype=np.uint64)  # (app, peer app, port, proto) keys
         self._first_seen: Callable[[np.ndarray], np.ndarray] | None = None
+        self._watch_from = np.inf
+        self.audit_found_ = HostAuditFindings()  # open audit-time findings
+        self.audit_closed_: list[HostFinding] = []  # closed ones, for the caller to take
 
     def add(self, f: HostFlows) -> None:
         """Buffer a batch's flows until the watermark passes them."""
@@ -93,7 +97,8 @@ class HostBehaviour:
 
     def advance(self, release: float, watermark: float, audit_end: float | None, *,
                 everything: bool = False,
-                first_seen: Callable[[np.ndarray], np.ndarray] | None = None
+                first_seen: Callable[[np.ndarray], np.ndarray] | None = None,
+                watch_from: float = np.inf,
                 ) -> tuple[list[Candidates], dict[str, np.ndarray]]:
         """Process the flows the detection watermark ``release`` passed (event time minus the
         detection lateness), close the windows the closing ``watermark`` passed (minus the
@@ -101,8 +106,10 @@ class HostBehaviour:
 
         ``first_seen(edge keys)``: when the baseline first saw each edge (inf if never), so
         that an audit flow counts as a new edge of its window exactly when its edge's first
-        flow falls in that window, whatever the arrival order."""
+        flow falls in that window, whatever the arrival order. Audit flows from ``watch_from``
+        on are scored too: their hits become audit findings (:meth:`take_findings`)."""
         self._first_seen = first_seen
+        self._watch_from = watch_from
         upto = np.inf if everything else max(release, watermark)
         rel = self.buffer_.pop(upto)
         cands: list[Candidates] = []
@@ -130,8 +137,17 @@ class HostBehaviour:
     def _close(self, watermark: float, audit_end: float | None, everything: bool
                ) -> dict[str, np.ndarray]:
         feats = self.windows_.take_closed(watermark, audit_end, everything=everything)
-        self._learn(feats, audit_end, watermark, everything)
+        limit = np.iinfo(np.int64).max if everything else (
+            int(np.floor(watermark / self.params.window)) if np.isfinite(watermark) else None)
+        found = self.audit_found_.close(limit) if limit is not None else []
+        self._learn(feats, audit_end, watermark, everything, found)
         return feats
+
+    def take_findings(self) -> list[HostFinding]:
+        """Audit findings (:mod:`pipeline.core.hostaudit`) whose window closed since the
+        last call."""
+        out, self.audit_closed_ = self.audit_closed_, []
+        return out
 
     # -- per released batch ------------------------------------------------------------------
     def _process(self, f: HostFlows, audit_end: float | None) -> list[Candidates]:
@@ -142,7 +158,9 @@ class HostBehaviour:
                 win0 = np.floor(f.start[a] / p.window) * p.window
                 f.new_edge[a] = self._first_seen(f.edge[a]) >= win0
         scoring = audit_end is not None and bool(f.start[-1] >= audit_end)
-        hr = self.windows_.add(f, running=scoring)
+        watch = (f.start >= self._watch_from) if not scoring and audit_end is not None \
+            else np.zeros(len(f), dtype=bool)
+        hr = self.windows_.add(f, running=scoring or bool(watch.any()))
         vol_sum, vol_max, vol_n, vol_ok = self.volume_.add(
             combine(f.host, f.edge, hr.win), f.edge, hr.win, f.bytes, running=scoring)
         per, period, jitter, beats = self.beacons_.add(f.host, f.peer, f.port, f.proto, f.start)
@@ -152,6 +170,11 @@ class HostBehaviour:
         if learn_per.any():
             self.periodic_ = np.union1d(self.periodic_, app_key[learn_per])
         enforce = ~audit & hr.tracked
+        port64 = f.port.astype(np.int64)
+        if watch.any():  # fan-out during the audit: candidates past the floor, any edge
+            rows = np.flatnonzero(watch & hr.tracked & (hr.port_peers > p.fan_out_min))
+            self.audit_found_.add(FAN_OUT, f, rows, hr.win[rows], hr.port_peers[rows],
+                                  p.window)
         if not scoring or not enforce.any():
             return []
         out: list[Candidates] = []
@@ -159,11 +182,8 @@ class HostBehaviour:
         # and volume findings are made of flows on known edges (beacons of any edge)
         known = enforce & ~f.new_edge
         idx = np.flatnonzero(known)
-        port64 = f.port.astype(np.int64)
         # fan-out per (host, port)
-        t_fan = self._threshold(
-            (self.fan_app_, combine(f.app[idx], port64[idx])),
-            (self.fan_host_, combine(f.host[idx], port64[idx])), FAN_K, p.fan_out_min)
+        t_fan = self._fan_threshold(f, idx, port64)
         hit = hr.port_peers[idx] > t_fan
         if hit.any():
             rows = idx[hit]
@@ -208,6 +228,12 @@ class HostBehaviour:
             out.append(self._cands(f, rows, BEACON, extra, host_level=False))
         return out
 
+    def _fan_threshold(self, f: HostFlows, idx: np.ndarray, port64: np.ndarray) -> np.ndarray:
+        return self._threshold(
+            (self.fan_app_, combine(f.app[idx], port64[idx])),
+            (self.fan_host_, combine(f.host[idx], port64[idx])), FAN_K,
+            self.params.fan_out_min)
+
     @staticmethod
     def _threshold(app: tuple[LogHistograms, np.ndarray], host: tuple[LogHistograms, np.ndarray],
                    k: float, floor: int) -> np.ndarray:
@@ -240,7 +266,7 @@ class HostBehaviour:
 
     # -- learning at window close -----------------------------------------------------------
     def _learn(self, feats: dict[str, np.ndarray], audit_end: float | None, watermark: float,
-               everything: bool) -> None:
+               everything: bool, found: list[HostFinding]) -> None:
         w = self.params.window
         limit = np.iinfo(np.int64).max if everything else int(np.floor(watermark / w))
         labels, win, sums, maxima = self.volume_.pop(limit)
@@ -253,13 +279,35 @@ class HostBehaviour:
         if self.windows_.closed_port_groups:
             app_port, host_port, pwin, count = self.windows_.closed_port_groups
             a = (pwin + 1) * w <= audit_end
-            if a.any():
-                self.fan_app_.add(app_port[a], count[a])
-                self.fan_host_.add(host_port[a], count[a])
+            # audit candidates are judged against the windows before theirs (whatever
+            # closed together), and a finding's group is not part of the history
+            for cw in sorted({fd.win for fd in found}):
+                before = a & (pwin < cw)
+                self._learn_fan(app_port[before], host_port[before], count[before])
+                a &= ~before
+                cand = [fd for fd in found if fd.win == cw]
+                thr = self._threshold(
+                    (self.fan_app_, combine(np.array([fd.app for fd in cand], dtype=np.int64),
+                                            np.array([fd.port for fd in cand], dtype=np.int64))),
+                    (self.fan_host_, np.array([fd.host_port for fd in cand], dtype=np.uint64)),
+                    FAN_K, self.params.fan_out_min)
+                hits = [fd for fd, t in zip(cand, thr.tolist(), strict=True) if fd.peers > t]
+                for fd, t in zip(cand, thr.tolist(), strict=True):
+                    fd.threshold = t
+                self.audit_closed_.extend(hits)
+                if hits:
+                    bad = np.array([fd.host_port for fd in hits], dtype=np.uint64)
+                    a &= ~((pwin == cw) & np.isin(host_port, bad))
+            self._learn_fan(app_port[a], host_port[a], count[a])
         a = (win + 1) * w <= audit_end
         if a.any():
             self.vol_edge_.add(mix(labels[a]), sums[a] - maxima[a])
             self.vol_full_.add(mix(labels[a]), sums[a])
+
+    def _learn_fan(self, app_port: np.ndarray, host_port: np.ndarray, count: np.ndarray) -> None:
+        if len(count):
+            self.fan_app_.add(app_port, count)
+            self.fan_host_.add(host_port, count)
 
     # -- state -------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -268,7 +316,8 @@ class HostBehaviour:
                 "fan_app": self.fan_app_.state(), "fan_host": self.fan_host_.state(),
                 "fail_app": self.fail_app_.state(), "fail_host": self.fail_host_.state(),
                 "vol_edge": self.vol_edge_.state(), "vol_full": self.vol_full_.state(),
-                "periodic": self.periodic_}
+                "periodic": self.periodic_, "audit_found": self.audit_found_.state(),
+                "audit_closed": [asdict(fd) for fd in self.audit_closed_]}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any], params: HostParams) -> Self:
@@ -284,6 +333,8 @@ class HostBehaviour:
         h.vol_edge_ = LogHistograms.from_state(state["vol_edge"], bins=96, per_octave=2)
         h.vol_full_ = LogHistograms.from_state(state["vol_full"], bins=96, per_octave=2)
         h.periodic_ = np.array(state["periodic"], dtype=np.uint64)
+        h.audit_found_ = HostAuditFindings.from_state(state.get("audit_found"))
+        h.audit_closed_ = [HostFinding(**d) for d in state.get("audit_closed", [])]
         return h
 
 

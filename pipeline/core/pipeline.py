@@ -328,11 +328,17 @@ class Pipeline:
         candidates go to the violation windows); returns the host windows that ``t`` minus
         the lateness closed (feature rows)."""
         st = self.settings
+        watch = np.inf if self._audit_start is None else self._audit_start + scan_warmup(st)
         cands, feats = self.hosts.advance(t - st.detection_lateness, t - st.lateness,
                                           self.audit_end, everything=everything,
-                                          first_seen=self._first_seen)
+                                          first_seen=self._first_seen, watch_from=watch)
         for c in cands:
             self._add_candidates(c)
+        for fd in self.hosts.take_findings():  # per-host detectors' audit-time findings
+            self.audit.mark(fd.kind, fd.app, fd.window, keys=fd.keys, first=fd.first,
+                            last=fd.last, count=fd.count, client_ips=fd.client_ips,
+                            server_ips=fd.server_ips, port=fd.port, proto=fd.proto,
+                            extra={"peers": fd.peers, "threshold": fd.threshold})
         if self.behaviour is not None:
             infos = self.workloads.infos
             found = self.behaviour.step(feats, lambda wid: infos[wid].key)
