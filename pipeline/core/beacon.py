@@ -42,8 +42,11 @@ class BeaconSeries:
         self.refused_ = 0
 
     def add(self, host: np.ndarray, peer: np.ndarray, port: np.ndarray, proto: np.ndarray,
-            start: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Time-ordered flows → (periodic mask, mean interval, jitter (cv), beats) per flow."""
+            start: np.ndarray, *, series: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Time-ordered flows → (periodic mask, mean interval, jitter (cv), beats) per flow.
+        ``series``: :func:`~pipeline.core.hostsets.unique_first` of :func:`series_keys`
+        when the caller has it."""
         n = len(start)
         periodic = np.zeros(n, dtype=bool)
         mean_out = np.zeros(n)
@@ -51,8 +54,8 @@ class BeaconSeries:
         beats_out = np.zeros(n, dtype=np.int64)
         if not n:
             return periodic, mean_out, cv_out, beats_out
-        sk = combine(host, peer, port.astype(np.int64), proto.astype(np.int64))
-        gu, first, ginv = unique_first(sk)
+        gu, first, ginv = series if series is not None else unique_first(
+            series_keys(host, peer, port, proto))
         pos = sorted_find(self.keys_, gu)
         new = np.flatnonzero(pos < 0)
         if len(new):
@@ -99,22 +102,31 @@ class BeaconSeries:
         bprev[bhead] = self.last_[pos[bg[bhead]]]
         interval = bt - bprev  # inf for a series' first beat ever
         has = np.isfinite(interval)
-        # flat sequence per series: ring values (valid) then the new intervals
-        su = np.unique(bg)
-        srow = pos[su]
-        ring = self.ring_[srow].astype(np.float64)
+        # flat sequence per series: ring values (valid) then the new intervals, laid out
+        # by offsets (beats are in series order already)
+        sidx = np.cumsum(bhead) - 1  # per beat: its series' index in su
+        su = bg[bhead]
+        ring = self.ring_[pos[su]].astype(np.float64)
         r_valid = ring > 0
-        r_series = np.repeat(su, K).reshape(len(su), K)[r_valid]
-        r_vals = ring[r_valid]
-        r_seq = np.tile(np.arange(-K, 0), (len(su), 1))[r_valid]
-        n_iv = int(has.sum())
-        f_series = np.r_[r_series, bg[has]]
-        f_vals = np.r_[r_vals, interval[has]]
-        f_seq = np.r_[r_seq, np.arange(n_iv)]
-        f_new = np.r_[np.zeros(len(r_vals), dtype=bool), np.ones(n_iv, dtype=bool)]
-        # (series, seq) pairs are distinct: one unstable sort of a combined key = lexsort
-        fo = np.argsort(f_series.astype(np.int64) * (n_iv + K) + (f_seq + K))
-        f_series, f_vals, f_new = f_series[fo], f_vals[fo], f_new[fo]
+        r_vals = ring[r_valid]  # row-major: per series, oldest first
+        r_cnt = r_valid.sum(axis=1)
+        ni = sidx[has]
+        n_iv = len(ni)
+        n_cnt = np.bincount(ni, minlength=len(su))
+        blen = r_cnt + n_cnt
+        bstart = np.cumsum(blen) - blen
+        r_row = np.repeat(np.arange(len(su)), r_cnt)
+        r_at = bstart[r_row] + np.arange(len(r_vals)) - (np.cumsum(r_cnt) - r_cnt)[r_row]
+        n_at = bstart[ni] + r_cnt[ni] + np.arange(n_iv) - (np.cumsum(n_cnt) - n_cnt)[ni]
+        total = int(blen.sum())
+        f_series = np.empty(total, dtype=np.int64)
+        f_series[r_at] = su[r_row]
+        f_series[n_at] = bg[has]
+        f_vals = np.empty(total)
+        f_vals[r_at] = r_vals
+        f_vals[n_at] = interval[has]
+        f_new = np.zeros(total, dtype=bool)
+        f_new[n_at] = True
         fhead = np.r_[True, f_series[1:] != f_series[:-1]] if len(f_series) else np.zeros(0, bool)
         fstart = np.flatnonzero(fhead)
         f_first = fstart[np.cumsum(fhead) - 1] if len(f_series) else np.zeros(0, np.int64)
@@ -152,7 +164,7 @@ class BeaconSeries:
         # state: last time, beats, last K intervals per series
         last_rows = np.flatnonzero(np.r_[gs[1:] != gs[:-1], True])
         self.last_[pos[gs[last_rows]]] = t[last_rows]
-        np.add.at(self.beats_, pos[bg], 1)
+        self.beats_[pos[su]] += np.bincount(sidx, minlength=len(su))
         if len(f_series):
             tail = np.flatnonzero(np.r_[f_series[1:] != f_series[:-1], True])
             for j in range(K):  # last K values of each series, right-aligned
@@ -188,6 +200,12 @@ class BeaconSeries:
         return b
 
 
+def series_keys(host: np.ndarray, peer: np.ndarray, port: np.ndarray, proto: np.ndarray
+                ) -> np.ndarray:
+    """The series key of each flow: (source host, destination host, port, proto)."""
+    return combine(host, peer, port.astype(np.int64), proto.astype(np.int64))
+
+
 def _rank_in_group(group: np.ndarray, flag: np.ndarray) -> np.ndarray:
     """Running count of ``flag`` within each group (rows sorted by group)."""
     cs = np.cumsum(flag.astype(np.int64))
@@ -197,4 +215,4 @@ def _rank_in_group(group: np.ndarray, flag: np.ndarray) -> np.ndarray:
     return cs - before
 
 
-__all__ = ["BeaconSeries", "K"]
+__all__ = ["BeaconSeries", "K", "series_keys"]

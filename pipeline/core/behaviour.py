@@ -242,23 +242,46 @@ class BehaviourModel(OutlierMixin, BaseEstimator):
         self.n_windows_seen_ = getattr(self, "n_windows_seen_", 0) + len(X)
         key = np.stack([app_hash(apps), row_hash(X, apps)], axis=1)
         if getattr(self, "reservoir_X_", None) is not None:
+            may = self._may_enter(key)  # the others would be cut below anyway
+            if not may.all():
+                X, apps, key = X[may], apps[may], key[may]
+            if not len(X):
+                return
             X = np.concatenate([self.reservoir_X_, X])
             apps = np.concatenate([self.reservoir_apps_, apps])
             key = np.concatenate([self.reservoir_key_, key])
-        if len(X) > self.max_windows:
-            if self.per_app:
-                order = np.lexsort((key[:, 1], key[:, 0]))
+        if self.per_app or len(X) <= self.max_windows:
+            order = np.lexsort((key[:, 1], key[:, 0]))
+            if len(X) > self.max_windows:  # the first rows of each app in that order
                 a = key[order, 0]
                 head = np.r_[True, a[1:] != a[:-1]]
                 starts = np.flatnonzero(head)
                 rank = np.arange(len(a)) - starts[np.cumsum(head) - 1]
-                keep = order[rank < self.max_windows]
-            else:
-                keep = np.argsort(key[:, 1], kind="stable")[: self.max_windows]
+                order = order[rank < self.max_windows]
+        else:
+            keep = np.argsort(key[:, 1], kind="stable")[: self.max_windows]
             X, apps, key = X[keep], apps[keep], key[keep]
-        order = np.lexsort((key[:, 1], key[:, 0]))
+            order = np.lexsort((key[:, 1], key[:, 0]))
         self.reservoir_X_, self.reservoir_apps_ = X[order], apps[order]
         self.reservoir_key_ = key[order]
+
+    def _may_enter(self, key: np.ndarray) -> np.ndarray:
+        """Rows that could enter the reservoir: where (their app's part of) it is full, only
+        rows of smaller hash than its largest (on a tie the kept row comes first)."""
+        rk = self.reservoir_key_
+        if not self.per_app:
+            if len(rk) < self.max_windows:
+                return np.ones(len(key), dtype=bool)
+            return np.asarray(key[:, 1] < rk[:, 1].max())
+        a = rk[:, 0]  # the reservoir is in (app hash, row hash) order
+        tail = np.flatnonzero(np.r_[a[1:] != a[:-1], True]) if len(a) else np.zeros(0, int)
+        full = np.diff(np.r_[-1, tail]) >= self.max_windows
+        apps, largest = a[tail[full]], rk[tail[full], 1]
+        i = np.searchsorted(apps, key[:, 0])
+        ic = np.minimum(i, max(len(apps) - 1, 0))
+        capped = (i < len(apps)) & (apps[ic] == key[:, 0]) if len(apps) else np.zeros(
+            len(key), dtype=bool)
+        return np.asarray(~capped | (key[:, 1] < largest[ic] if len(apps) else True))
 
     def _fit_reservoir(self) -> None:
         X, apps = self.reservoir_X_, self.reservoir_apps_

@@ -36,10 +36,17 @@ from typing import Any, Self
 
 import numpy as np
 
-from pipeline.core.beacon import BeaconSeries
+from pipeline.core.beacon import BeaconSeries, series_keys
 from pipeline.core.detect import BEACON, FAILED, FAN_OUT, HOST_VOLUME, TYPES, Candidates
 from pipeline.core.hostaudit import HostAuditFindings, HostFinding
-from pipeline.core.hosts import HostFlows, HostWindows, ReleaseBuffer, empty_features, host_text
+from pipeline.core.hosts import (
+    HostFlows,
+    HostWindows,
+    ReleaseBuffer,
+    empty_features,
+    flow_tuples,
+    host_text,
+)
 from pipeline.core.hostsets import LogHistograms, RunningSums, combine, mix, sorted_find
 
 Q = 0.99  # the audit quantile a threshold scales
@@ -152,20 +159,30 @@ class HostBehaviour:
     # -- per released batch ------------------------------------------------------------------
     def _process(self, f: HostFlows, audit_end: float | None) -> list[Candidates]:
         p = self.params
+        win = np.floor(f.start / p.window).astype(np.int64)
+        rep = flow_tuples(f, win)  # keys below are computed once per distinct flow tuple
+        sel = rep.sel
         if self._first_seen is not None:
             a = np.flatnonzero(f.start < audit_end) if audit_end is not None else np.arange(len(f))
-            if len(a):
+            if len(a) == len(f):  # (host, window, edge) → one lookup per flow tuple
+                win0 = win[sel].astype(np.float64) * p.window
+                f.new_edge[:] = (self._first_seen(f.edge[sel]) >= win0)[rep.rep]
+            elif len(a):
                 win0 = np.floor(f.start[a] / p.window) * p.window
                 f.new_edge[a] = self._first_seen(f.edge[a]) >= win0
         scoring = audit_end is not None and bool(f.start[-1] >= audit_end)
         watch = (f.start >= self._watch_from) if not scoring and audit_end is not None \
             else np.zeros(len(f), dtype=bool)
-        hr = self.windows_.add(f, running=scoring or bool(watch.any()))
+        hr = self.windows_.add(f, running=scoring or bool(watch.any()), rep=rep)
         vol_sum, vol_max, vol_n, vol_ok = self.volume_.add(
-            combine(f.host, f.edge, hr.win), f.edge, hr.win, f.bytes, running=scoring)
-        per, period, jitter, beats = self.beacons_.add(f.host, f.peer, f.port, f.proto, f.start)
+            f.edge, f.edge, hr.win, f.bytes, running=scoring,
+            groups=rep.unique(combine(f.host[sel], f.edge[sel], win[sel])))
+        per, period, jitter, beats = self.beacons_.add(
+            f.host, f.peer, f.port, f.proto, f.start,
+            series=rep.unique(series_keys(f.host[sel], f.peer[sel], f.port[sel], f.proto[sel])))
         audit = np.ones(len(f), dtype=bool) if audit_end is None else f.start < audit_end
-        app_key = combine(f.app, f.peer_app, f.port.astype(np.int64), f.proto.astype(np.int64))
+        app_key = combine(f.app[sel], f.peer_app[sel], f.port[sel].astype(np.int64),
+                          f.proto[sel].astype(np.int64))[rep.rep]
         learn_per = per & audit
         if learn_per.any():
             self.periodic_ = np.union1d(self.periodic_, app_key[learn_per])

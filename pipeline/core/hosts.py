@@ -57,6 +57,7 @@ import numpy as np
 from pipeline.core.addresses import int_to_ip
 from pipeline.core.hostsets import (
     DistinctCounter,
+    Repeats,
     combine,
     group_cummax,
     group_cumsum,
@@ -175,10 +176,11 @@ class ReleaseBuffer:
         if not out.any():
             self.released_upto_ = max(self.released_upto_, upto)
             return HostFlows.empty()
-        rel = p.take(np.flatnonzero(out))
+        rows = np.flatnonzero(out)
+        rel = p.take(rows[_release_order(p, rows)])
         self.pending_ = p.take(np.flatnonzero(~out))
         self.released_upto_ = max(self.released_upto_, upto)
-        return rel.take(_release_order(rel))
+        return rel
 
     def state(self) -> dict[str, Any]:
         return {"pending": self.pending_.as_dict(),
@@ -199,17 +201,36 @@ class ReleaseBuffer:
         return b
 
 
-def _release_order(f: HostFlows) -> np.ndarray:
-    """``np.lexsort((bytes, proto, port, peer, host, start))``: a stable sort by start (cheap
-    on time-ordered input), then the full lexsort only among flows that share a start."""
-    order = np.argsort(f.start, kind="stable")
-    s = f.start[order]
+def flow_tuples(f: HostFlows, win: np.ndarray) -> Repeats:
+    """Flows grouped by everything the per-host keys are made of (host, peer, window, edge,
+    app, peer app, port, proto): state keyed by any of those columns is merged once per
+    distinct tuple (a hash: two tuples colliding is a 2^-64 event, as for every key here)."""
+    cols = (f.app, f.peer_app, f.port, f.proto)
+    if all(_fits(c, bits) for c, bits in zip(cols, (20, 20, 16, 8), strict=True)):
+        u = [c.astype(np.uint64) for c in cols]
+        small = u[0] | u[1] << np.uint64(20) | u[2] << np.uint64(40) | u[3] << np.uint64(56)
+        return Repeats(combine(f.host, f.peer, win, f.edge, small))
+    return Repeats(combine(f.host, f.peer, win, f.edge, *(c.astype(np.int64) for c in cols)))
+
+
+def _fits(a: np.ndarray, bits: int) -> bool:
+    return not len(a) or (int(a.min()) >= 0 and int(a.max()) < 1 << bits)
+
+
+def _release_order(f: HostFlows, rows: np.ndarray) -> np.ndarray:
+    """The order of ``f``'s ``rows`` by (start, host, peer, port, proto, bytes), as
+    ``np.lexsort``: a stable sort by start (cheap on time-ordered input), then the full
+    lexsort only among flows that share a start."""
+    start = f.start[rows]
+    order = np.argsort(start, kind="stable")
+    s = start[order]
     same = s[1:] == s[:-1]
     if same.any():
         tie = np.flatnonzero(np.r_[same, False] | np.r_[False, same])
         sub = order[tie]  # ascending within each start (stable)
-        order[tie] = sub[np.lexsort((f.bytes[sub], f.proto[sub], f.port[sub], f.peer[sub],
-                                     f.host[sub], f.start[sub]))]
+        r = rows[sub]
+        order[tie] = sub[np.lexsort((f.bytes[r], f.proto[r], f.port[r], f.peer[r], f.host[r],
+                                     f.start[r]))]
     return order
 
 
@@ -256,13 +277,18 @@ class HostWindows:
     def __len__(self) -> int:
         return len(self.keys_)
 
-    def add(self, f: HostFlows, *, running: bool = True) -> HostRows:
+    def add(self, f: HostFlows, *, running: bool = True, rep: Repeats | None = None
+            ) -> HostRows:
         """Merge released (time-ordered) flows; per-flow running counts for the detectors
-        (left at 0 without ``running``: audit flows are learned, not scored)."""
+        (left at 0 without ``running``: audit flows are learned, not scored). ``rep``: the
+        :func:`flow_tuples` of ``f`` when the caller has them."""
         n = len(f)
         win = np.floor(f.start / self.window).astype(np.int64)
-        rk = combine(f.host, win)
-        uk, first, inv = unique_first(rk)
+        if rep is None:
+            rep = flow_tuples(f, win)
+        rk_sel = combine(f.host[rep.sel], win[rep.sel])
+        uk, first, inv = rep.unique(rk_sel)
+        rk = rk_sel[rep.rep]
         pos = sorted_find(self.keys_, uk)
         new = np.flatnonzero(pos < 0)
         if len(new):
@@ -287,7 +313,10 @@ class HostWindows:
                        known_failures=np.zeros(n, dtype=np.int64))
         if not len(rows):
             return out
-        t = f.take(rows) if len(rows) < n else f
+        t = f
+        if len(rows) < n:
+            t = f.take(rows)
+            rep = flow_tuples(t, win[rows])
         tr, tk, tw = ridx[rows], rk[rows], win[rows]
         c = self.cols_
         failed = t.failed.astype(np.int64)
@@ -303,27 +332,26 @@ class HostWindows:
         c["bytes"] += np.bincount(tr, weights=t.bytes, minlength=nr).astype(np.int64)
         c["failures"] += np.bincount(tr, weights=failed, minlength=nr).astype(np.int64)
         c["known_failures"] += np.bincount(tr, weights=kf, minlength=nr).astype(np.int64)
-        # the distinct counters only see each (host, window, port, peer, peer app, app) once:
-        # its first flow (in row order) is the first flow of every coarser key too
-        port64 = t.port.astype(np.int64)
-        pk = combine(tk, port64)
-        _, tfirst, tinv = unique_first(combine(pk, t.peer, t.peer_app, t.app))
-        sel = np.sort(tfirst)
+        # the distinct counters see each flow tuple once: its first flow (in row order) is
+        # the first flow of every coarser key too
+        sel = rep.sel
         np.maximum.at(c["app"], tr[sel], t.app[sel])
         s_tk, s_tw, s_peer = tk[sel], tw[sel], t.peer[sel]
-        self.peers_.add(s_tk, s_peer, s_tw, running=False)
-        self.apps_.add(s_tk, t.peer_app[sel].astype(np.uint64), s_tw, running=False)
-        s_port = port64[sel]
-        s_pk = pk[sel]
+        hw = unique_first(s_tk)
+        self.peers_.add(s_tk, s_peer, s_tw, running=False, groups=hw)
+        self.apps_.add(s_tk, t.peer_app[sel].astype(np.uint64), s_tw, running=False,
+                       groups=hw)
+        s_port = t.port[sel].astype(np.int64)
+        s_pk = combine(s_tk, s_port)
+        hwp = unique_first(s_pk)
         pp, stored, created = self.port_peers_.add(
             s_pk, s_peer, s_tw, label=combine(t.app[sel], s_port),
-            label2=combine(t.host[sel], s_port), running=running)
+            label2=combine(t.host[sel], s_port), running=running, groups=hwp)
         stored, created = sel[stored], sel[created]
         if pp is not None:
             # a flow's count is that of the last first-of-its-tuple flow of its (host,
             # window, port) at or before it: counts only grow within a group
-            g_sel = unique_first(s_pk)[2]
-            group = g_sel[np.searchsorted(sel, tfirst)[tinv]]
+            group = hwp[2][rep.rep]
             after = np.zeros(len(t), dtype=np.int64)
             after[sel] = pp
             out.port_peers[rows] = group_cummax(group, after)
@@ -410,4 +438,4 @@ def empty_features() -> dict[str, np.ndarray]:
 
 
 __all__ = ["FEATURES", "HostFlows", "HostRows", "HostWindows", "ReleaseBuffer",
-           "empty_features", "host_keys", "host_text"]
+           "empty_features", "flow_tuples", "host_keys", "host_text"]

@@ -82,6 +82,31 @@ def unique_first(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return s[starts], first, inv
 
 
+class Repeats:
+    """Rows grouped by a fine key (a hash of several columns), so that the grouping of any
+    coarser key — one made of some of those columns — is computed on one row per distinct
+    fine key: the first row of each fine key is also the first row of its coarse key.
+
+    >>> r = Repeats(np.array([7, 9, 7, 4], dtype=np.uint64))
+    >>> r.sel.tolist(), r.rep.tolist()
+    ([0, 1, 3], [0, 1, 0, 2])
+    >>> coarse = np.array([1, 1, 1, 0], dtype=np.uint64)  # per row
+    >>> [a.tolist() for a in r.unique(coarse[r.sel])] == [
+    ...     a.tolist() for a in unique_first(coarse)]
+    True
+    """
+
+    def __init__(self, key: np.ndarray) -> None:
+        _, first, inv = unique_first(key)
+        self.sel = np.sort(first)  # the first row of each distinct key, in row order
+        self.rep = np.searchsorted(self.sel, first)[inv]  # per row: its key's index in sel
+
+    def unique(self, coarse_sel: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:func:`unique_first` of a coarse key per row, given it on the rows ``sel``."""
+        gu, first, inv = unique_first(coarse_sel)
+        return gu, self.sel[first], inv[self.rep]
+
+
 def stable_order(group: np.ndarray) -> np.ndarray:
     """``np.argsort(group, kind="stable")`` of non-negative ints (group or row indices):
     (group, row) pairs are distinct, so an unstable sort of ``group × n + row`` gives the
@@ -135,11 +160,14 @@ class DistinctCounter:
 
     def add(self, group: np.ndarray, value: np.ndarray, win: np.ndarray,
             label: np.ndarray | None = None, label2: np.ndarray | None = None, *,
-            running: bool = True) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+            running: bool = True,
+            groups: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+            ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
         """Merge rows (time-ordered). Returns (the group's distinct count after each row, or
         None unless ``running``; rows that added a stored member; rows that created a
         group). ``label``/``label2`` (uint64 per row, the same for a group's rows) are kept
-        per group for :meth:`prune`."""
+        per group for :meth:`prune`; ``groups``: :func:`unique_first` of ``group`` when the
+        caller has it."""
         n = len(group)
         if not n:
             return (np.zeros(0, dtype=np.int64) if running else None,
@@ -147,7 +175,7 @@ class DistinctCounter:
         member = combine(group, value)
         uniq, first, _ = unique_first(member)
         fresh = first[sorted_find(self.members_, uniq) < 0]  # rows adding a new member
-        gu, gfirst, ginv = unique_first(group)
+        gu, gfirst, ginv = groups if groups is not None else unique_first(group)
         gpos = sorted_find(self.groups_, gu)
         base = take_at(self.count_, gpos)
         added = np.bincount(ginv[fresh], minlength=len(gu))
@@ -261,15 +289,17 @@ class RunningSums:
         self.refused_ = 0
 
     def add(self, key: np.ndarray, label: np.ndarray, win: np.ndarray, values: np.ndarray,
-            *, running: bool = True
+            *, running: bool = True,
+            groups: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(running total, running maximum, running row count, summed) per row; without
-        ``running`` only the state is updated (the first three are empty)."""
-        n = len(key)
+        ``running`` only the state is updated (the first three are empty). ``groups``:
+        :func:`unique_first` of the keys when the caller has it (``key`` is then unused)."""
+        n = len(values)
         if not n:
             return (np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64),
                     np.zeros(0, dtype=bool))
-        gu, first, ginv = unique_first(key)
+        gu, first, ginv = groups if groups is not None else unique_first(key)
         pos = sorted_find(self.keys_, gu)
         new = np.flatnonzero(pos < 0)
         room = self.max_groups - len(self.keys_)
@@ -409,5 +439,5 @@ class LogHistograms:
         return h
 
 
-__all__ = ["DistinctCounter", "LogHistograms", "RunningSums", "combine", "group_cummax",
+__all__ = ["DistinctCounter", "LogHistograms", "Repeats", "RunningSums", "combine", "group_cummax",
            "group_cumsum", "mix", "sorted_find", "stable_order", "take_at", "unique_first"]
