@@ -18,6 +18,7 @@ import faust
 
 from pipeline.config import KafkaSettings, TopicSettings
 from pipeline.stream.clients import MAX_MESSAGE_BYTES, faust_credentials
+from pipeline.stream.leave import watch_in_thread
 from pipeline.stream.stateful import StatefulStage
 
 log = logging.getLogger(__name__)
@@ -118,4 +119,19 @@ def create_app(kafka: KafkaSettings, topics: TopicSettings, stage: StatefulStage
     return app
 
 
-__all__ = ["FaustControl", "create_app"]
+async def stop_app(app: faust.App) -> None:
+    """``app.stop()``, leaving the group at once if the stop finds faust's consumer held in
+    a rebalance's join (:mod:`pipeline.stream.leave`)."""
+    thread = getattr(getattr(app, "consumer", None), "_thread", None)
+    consumer = getattr(thread, "_consumer", None)
+    loop = getattr(thread, "thread_loop", None)
+    watch = watch_in_thread(consumer, loop) if consumer is not None and loop is not None \
+        else None
+    try:
+        await app.stop()
+    finally:
+        if watch is not None:
+            watch.cancel()
+
+
+__all__ = ["FaustControl", "create_app", "stop_app"]

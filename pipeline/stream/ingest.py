@@ -52,6 +52,7 @@ from pipeline.sources import get_parser
 from pipeline.sources.base import BlockParser
 from pipeline.stream.control import AuditStartAgreement
 from pipeline.stream.flowbatch import FlowBatch, Identity, encode, source_name
+from pipeline.stream.leave import stop_consumer
 from pipeline.stream.metrics import Metrics
 from pipeline.stream.rawblock import RawReject, parse_messages
 from pipeline.stream.routing import Router
@@ -161,8 +162,8 @@ class IngestStage:
     async def stop(self) -> None:
         async with self.lock:
             await self.drain(covered=True)
-            if self.consumer is not None:
-                await self.consumer.stop()
+            if self.consumer is not None:  # leaves at once if held in a rebalance's join
+                await stop_consumer(self.consumer, self.consumer.stop())
                 self.consumer = None
         self._cpu.shutdown(wait=True)
 

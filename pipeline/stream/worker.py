@@ -35,7 +35,7 @@ from pipeline.sources import FORMATS, get_parser
 from pipeline.storage import RetryPolicy, Store, open_store
 from pipeline.storage.url import RedactingFilter
 from pipeline.storage.writer import StoreWriter
-from pipeline.stream.app import create_app
+from pipeline.stream.app import create_app, stop_app
 from pipeline.stream.brokerlog import BrokerWatch, install_limiter, installed_limiter
 from pipeline.stream.clients import (
     MAX_MESSAGE_BYTES,
@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.5
 STOP_TIMEOUT = 60.0
+SLOW_STOP_STEP = 2.0  # a stop step taking longer is logged with its duration
 
 
 def check_formats(settings: WorkerSettings) -> None:
@@ -254,7 +255,7 @@ class Worker:
         steps: list[tuple[str, Any]] = [
             ("ingest", self.ingest.stop() if self.ingest else None),
             ("stateful stage", self.stage.stop() if self.stage and self.app else None),
-            ("faust", self.app.stop() if self.app else None),
+            ("faust", stop_app(self.app) if self.app else None),
             ("store writer", asyncio.to_thread(self.writer.close) if self.writer else None),
             ("reader", self.reader.stop() if self.reader else None),
             ("inventory", self.feed.stop() if self.feed else None),
@@ -263,10 +264,13 @@ class Worker:
         for name, coro in steps:
             if coro is None:
                 continue
+            t0 = time.monotonic()
             try:
                 await coro
             except (Exception, asyncio.CancelledError) as exc:
                 log.warning("stopping %s: %r", name, exc)
+            if time.monotonic() - t0 > SLOW_STOP_STEP:
+                log.info("stopping %s took %.1f s", name, time.monotonic() - t0)
         if self._unwatch is not None:
             self._unwatch()
         if self.store is not None:
