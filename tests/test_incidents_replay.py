@@ -45,7 +45,7 @@ def test_replay_writes_incidents_file_and_store(estate_dir: Path, tmp_path: Path
         assert i["base_score"] == max(v["severity"]["score"] for v in vs)
         assert i["severity"]["score"] == min(100, i["base_score"] + i["criticality"])
         assert {v["src_workload"] for v in vs} == {i["source"]} or i["source"].startswith(
-            ("world:", "overflow:"))
+            ("world:", "overflow:", "world->", "overflow->"))
     with open_store(store) as s:
         stored = dict(s.query_rows("SELECT id, version FROM incidents FINAL"))
     assert stored == {k: v["version"] for k, v in incidents.items()}

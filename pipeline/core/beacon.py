@@ -2,8 +2,10 @@
 
 Each series keeps its last flow time, its beat count and its last ``K`` intervals. A flow is
 *periodic* when the series has at least ``min_beats`` intervals and the last ``K`` (or fewer)
-intervals have a coefficient of variation (std / mean) of at most ``max_jitter``: RITA-style
-regularity, without keeping timestamps. Flows less than ``MERGE_S`` after the previous one are
+intervals, or the last ``min_beats`` alone, have a coefficient of variation (std / mean) of at
+most ``max_jitter``: RITA-style regularity, without keeping timestamps. (The shorter window
+finds a beacon again once an ordinary connection on the same pair, which splits one interval
+in two, has left it.) Flows less than ``MERGE_S`` after the previous one are
 the same beat (parallel connections). Rows must come in event-time order (the release buffer
 of :mod:`pipeline.core.hosts` gives them), so results do not depend on batch boundaries.
 
@@ -140,6 +142,16 @@ class BeaconSeries:
         mean = s1 / cnt
         var = np.maximum(s2 / cnt - mean * mean, 0.0)
         cv = np.sqrt(var) / np.maximum(mean, 1e-9)
+        # the last ``min_beats`` intervals alone: a clean run after an interleaved flow (a
+        # normal connection on the same pair) left the longer window
+        m = min(self.min_beats, K)
+        lo_s = np.maximum(f_first, idx - m + 1)
+        cnt_s = idx - lo_s + 1
+        mean_s = (cs[idx + 1] - cs[lo_s]) / cnt_s
+        var_s = np.maximum((cs2[idx + 1] - cs2[lo_s]) / cnt_s - mean_s * mean_s, 0.0)
+        cv_s = np.sqrt(var_s) / np.maximum(mean_s, 1e-9)
+        short = (cv > self.max_jitter) & (cnt_s >= m) & (cv_s <= self.max_jitter)
+        mean, cv = np.where(short, mean_s, mean), np.where(short, cv_s, cv)
         # beats so far per interval: the series' stored beats + rank among new beats
         # map new-interval stats back to beat rows (in the same per-series time order)
         new_pos = np.flatnonzero(f_new)

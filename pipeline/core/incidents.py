@@ -7,12 +7,13 @@ on their first flow and then updated (same id, higher ``version``), incidents ar
 the same way: every change of a member re-emits its incident with a higher ``version``.
 
 Grouping. A violation belongs to the incident of its *source* — the client workload
-(``ns/app``), or for sources without an identity (``world``, ``overflow``) the client
-address — and of the epoch-aligned ``window`` its ``ts`` falls in. Both are properties of
-the violation, so the incident id (:func:`incident_id`: the source and the window start)
-and its membership do not depend on batch boundaries, arrival order or the process. A
-member is kept per violation id at its highest version: an update replaces it, a repeat is
-ignored (idempotent). The incident is a pure function of its members' latest versions:
+(``ns/app``), or for sources without an identity (``world``, ``overflow``) the internal
+workload they reached (else the client address) — and of the epoch-aligned ``window`` its
+``ts`` falls in. Both are properties of the violation, so the incident id
+(:func:`incident_id`: the source and the window start) and its membership do not depend on
+batch boundaries, arrival order or the process. A member is kept per violation id at its
+highest version: an update replaces it, a repeat is ignored (idempotent). The incident is a
+pure function of its members' latest versions:
 
 - ``severity``: the strongest member score plus the highest criticality boost among the
   assets its members touch (source and destinations, through inventory labels:
@@ -80,16 +81,25 @@ def _epoch(value: Any) -> float:
 
 
 def source_of(v: Mapping[str, Any]) -> str:
-    """The violation's source: its client workload, or ``app:ip`` for a client without an
-    identity of its own (the internet, the overflow workload).
+    """The violation's source: its client workload; for a client without an identity of its
+    own (the internet, the overflow workload) the internal target it reached
+    (``world->ns/app``: many internet addresses probing one service are one incident, not
+    one per address), or ``app:ip`` when the target names no one workload either.
 
     >>> source_of({"src_workload": "shop/web", "src_app": "web", "src_ip": "10.0.0.1"})
     'shop/web'
-    >>> source_of({"src_workload": "world", "src_app": "world", "src_ip": "8.8.8.8"})
+    >>> source_of({"src_workload": "world", "src_app": "world", "src_ip": "8.8.8.8",
+    ...            "dst_workload": "shop/web", "dst_app": "web"})
+    'world->shop/web'
+    >>> source_of({"src_workload": "world", "src_app": "world", "src_ip": "8.8.8.8",
+    ...            "dst_workload": "world", "dst_app": "world"})
     'world:8.8.8.8'
     """
     app = str(v.get("src_app", ""))
     if app in ANONYMOUS:
+        dst, dst_app = str(v.get("dst_workload") or ""), str(v.get("dst_app", ""))
+        if dst and dst_app not in ANONYMOUS:
+            return f"{app or 'unknown'}->{dst}"
         return f"{app or 'unknown'}:{v.get('src_ip', '')}"
     ns = str(v.get("src_namespace", ""))
     return str(v.get("src_workload") or (f"{ns}/{app}" if ns else app))

@@ -175,19 +175,35 @@ def test_sources_without_identity_are_grouped_by_address() -> None:
     assert one["criticality"] == 15  # a scan's destinations count as touched assets
 
 
+def test_internet_sources_are_grouped_by_the_internal_workload_they_reach() -> None:
+    evs = [{"id": f"v-{i}", "ts": iso(T0 + 60 * i), "type": "new_edge",
+            "severity": {"label": "medium", "score": 40 + i % 3}, "src_ip": f"198.51.100.{i}",
+            "src_workload": "world", "src_namespace": "", "src_app": "world",
+            "dst_workload": dst, "dst_namespace": "shop", "dst_app": dst.split("/")[1],
+            "version": 1}
+           for i, dst in enumerate(["shop/web"] * 30 + ["shop/db"] * 5)]
+    out = latest_by_id(Incidents(window=HOUR, hold=HOUR).absorb(evs, labels_of))
+    by_source = {e["source"]: e for e in out.values()}
+    assert set(by_source) == {"world->shop/web", "world->shop/db"}
+    assert by_source["world->shop/web"]["violations"] == 30
+    again = latest_by_id(Incidents(window=HOUR, hold=HOUR).absorb(evs[::-1], labels_of))
+    assert set(again) == set(out)  # ids do not depend on arrival order
+
+
 def test_open_incidents_and_members_are_bounded() -> None:
     inc = Incidents(window=HOUR, hold=HOUR, max_open=50)
     flood = [{"id": f"v-{i}", "ts": iso(T0 + i), "type": "new_edge",
               "severity": {"label": "low", "score": 30}, "src_ip": f"198.51.{i // 250}.{i % 250}",
               "src_workload": "world", "src_namespace": "", "src_app": "world",
-              "dst_workload": "shop/web", "dst_namespace": "shop", "dst_app": "web",
-              "version": 1} for i in range(2000)]
+              "dst_workload": f"shop/web-{i}", "dst_namespace": "shop", "dst_app": f"web-{i}",
+              "version": 1} for i in range(2000)]  # one incident per internal target
     for i in range(0, len(flood), 100):
         inc.absorb(flood[i:i + 100], labels_of)
         assert len(inc.open_) <= 100 and len(inc.recent_) <= 50
     assert inc.forced_closes_ > 0
     one = Incidents(window=HOUR, hold=HOUR)
-    same = [{**v, "src_ip": "198.51.100.1"} for v in flood[:MEMBERS_MAX + 40]]
+    same = [{**v, "src_ip": "198.51.100.1", "dst_workload": "shop/web", "dst_app": "web"}
+            for v in flood[:MEMBERS_MAX + 40]]
     out = one.absorb(same, labels_of)
     assert len(out) == 1 and out[0]["violations"] == MEMBERS_MAX
     assert one.dropped_members_ == 40
