@@ -36,6 +36,7 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 
+from pipeline.core.hostsets import sorted_unique, unique_inverse
 from pipeline.core.workloads import MAX_WORKLOADS
 
 HIST_BINS = 48  # log2 bins of bytes per active hour (2^48 B/h is far above any link)
@@ -257,7 +258,7 @@ class EdgeBaseline:
         if self.frozen_ or not len(keys):
             return self
         self._allocate()
-        uniq, inv = np.unique(keys, return_inverse=True)
+        uniq, inv = unique_inverse(keys)
         rows = self.lookup(uniq)
         missing = np.flatnonzero(rows < 0)
         if len(missing):
@@ -290,7 +291,7 @@ class EdgeBaseline:
         hour = whole_units(start, HOUR)
         combo = np.r_[self.open_keys_, (rows.astype(np.int64) << 24) | (hour & 0xFFFFFF)]
         weights = np.r_[self.open_bytes_, nbytes.astype(np.float64)]
-        keys, inv = np.unique(combo, return_inverse=True)
+        keys, inv = unique_inverse(combo)
         self.open_keys_ = keys
         self.open_bytes_ = np.bincount(inv, weights=weights, minlength=len(keys))
         over = len(keys) - self.max_open_hours
@@ -345,7 +346,7 @@ class EdgeBaseline:
         hours = whole_units(start, HOUR) % 24
         np.bitwise_or.at(self.hour_mask_, rows, np.left_shift(1, hours))
         days = whole_units(start, DAY)
-        pairs = np.unique((rows.astype(np.int64) << 24) | (days & 0xFFFFFF))
+        pairs = sorted_unique((rows.astype(np.int64) << 24) | (days & 0xFFFFFF))
         self._count_days(pairs >> 24, pairs & 0xFFFFFF)
 
     def _count_days(self, r_all: np.ndarray, d_all: np.ndarray) -> None:
@@ -388,7 +389,7 @@ class EdgeBaseline:
         Returns (rows, hour, bytes so far) of every (edge, hour) touched."""
         hour = whole_units(start, HOUR)
         combo = (rows.astype(np.int64) << 24) | (hour & 0xFFFFFF)  # hours since 1970 < 2^24
-        groups, ginv = np.unique(combo, return_inverse=True)
+        groups, ginv = unique_inverse(combo)
         sums = np.bincount(ginv, weights=nbytes, minlength=len(groups))
         g_rows, g_hours = groups >> 24, groups & 0xFFFFFF
         # rank of each (edge, hour) group within its edge, groups being sorted by (row, hour)

@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 from pipeline.core.addresses import BROADCAST, LOCAL_SCOPES, MULTICAST, encode_ips
 from pipeline.core.columns import ACTION_REJECT, NO_TCP_FLAGS
 from pipeline.core.hosts import host_keys
+from pipeline.core.hostsets import unique_inverse
 from pipeline.core.inventory import Inventory
 from pipeline.core.workloads import WorkloadInfo, Workloads
 
@@ -213,7 +214,7 @@ class Orienter:
         out = []
         for a_idx, ports in ((src_addr, src_port), (dst_addr, dst_port)):
             combo = a_idx.astype(np.int64) * 65536 + ports
-            uniq, inv = np.unique(combo, return_inverse=True)
+            uniq, inv = unique_inverse(combo)
             hit = np.fromiter(
                 ((addrs[int(u) // 65536], int(u) % 65536) in self.listeners_ for u in uniq),
                 dtype=bool,

@@ -47,7 +47,15 @@ from pipeline.core.hosts import (
     flow_tuples,
     host_text,
 )
-from pipeline.core.hostsets import LogHistograms, RunningSums, combine, mix, sorted_find
+from pipeline.core.hostsets import (
+    LogHistograms,
+    RunningSums,
+    combine,
+    mix,
+    sorted_find,
+    sorted_unique,
+    unique_inverse,
+)
 
 Q = 0.99  # the audit quantile a threshold scales
 FAN_K = 2.0
@@ -185,7 +193,7 @@ class HostBehaviour:
                           f.proto[sel].astype(np.int64))[rep.rep]
         learn_per = per & audit
         if learn_per.any():
-            self.periodic_ = np.union1d(self.periodic_, app_key[learn_per])
+            self.periodic_ = sorted_unique(np.r_[self.periodic_, app_key[learn_per]])
         enforce = ~audit & hr.tracked
         port64 = f.port.astype(np.int64)
         if watch.any():  # fan-out during the audit: candidates past the floor, any edge
@@ -219,7 +227,7 @@ class HostBehaviour:
             out.append(self._cands(f, rows, FAILED, extra, host_level=True))
         # host volume per (host, edge)
         ek = mix(f.edge[idx])
-        uk, inv = np.unique(ek, return_inverse=True)
+        uk, inv = unique_inverse(ek)
         q, n = self.vol_edge_.quantile(uk, Q)
         q_full, _ = self.vol_full_.quantile(uk, Q)
         med, _ = self.vol_full_.quantile(uk, 0.5)
@@ -257,7 +265,7 @@ class HostBehaviour:
         """``max(floor, ceil(k × max(app q99, host q99)))`` per row (unknown → floor)."""
         qs = []
         for hist, keys in (app, host):
-            uk, inv = np.unique(keys, return_inverse=True)
+            uk, inv = unique_inverse(keys)
             q, _ = hist.quantile(uk, Q)
             qs.append(np.nan_to_num(q, nan=0.0)[inv])
         return np.maximum(floor, np.ceil(k * np.maximum(qs[0], qs[1]))).astype(np.int64)

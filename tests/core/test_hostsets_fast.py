@@ -12,7 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.core.hosts import HostFlows, HostWindows, _release_order
-from pipeline.core.hostsets import group_cummax, group_cumsum, stable_order, unique_first
+from pipeline.core.hostsets import (
+    group_cummax,
+    group_cumsum,
+    sorted_unique,
+    stable_order,
+    unique_first,
+    unique_inverse,
+)
 
 small_ints = st.lists(st.integers(0, 6), min_size=0, max_size=60)
 
@@ -24,6 +31,10 @@ def test_unique_first_is_numpys_unique(values: list[int]) -> None:
     got = unique_first(x)
     for a, b in zip(want, got, strict=True):
         assert a.tolist() == b.tolist()
+    assert sorted_unique(x).tolist() == want[0].tolist()
+    u, inv = unique_inverse(x.astype(np.int64) - 3)
+    want_u, want_inv = np.unique(x.astype(np.int64) - 3, return_inverse=True)
+    assert (u.tolist(), inv.tolist()) == (want_u.tolist(), want_inv.tolist())
 
 
 @given(small_ints)
