@@ -71,8 +71,13 @@ def wait_for(what: str, ok: object, w: WorkerProcess, timeout: float = 90.0) -> 
         time.sleep(0.3)
 
 
+@pytest.mark.parametrize("in_process", [False, True], ids=["flows-topic", "in-process"])
 def test_slow_then_lost_store_means_back_pressure_then_nothing_lost(
-        kafka_bootstrap: str, reference: Reference, tmp_path: Path) -> None:
+        kafka_bootstrap: str, reference: Reference, tmp_path: Path, in_process: bool) -> None:
+    """Through the flows topic the internal topic is the buffer: the ingest keeps reading
+    the raw topic during the outage. With in-process routing (``role = "all"``, the default)
+    the raw topic is: the ingest's hand-over waits for the full store queue, and the raw
+    offsets stay uncommitted until snapshots cover the batches."""
     topics = new_topics(kafka_bootstrap)
     publish_inventory(kafka_bootstrap, topics, reference.inventory)
     store, control, port = tmp_path / "store", tmp_path / "store-mode", free_port()
@@ -81,7 +86,7 @@ def test_slow_then_lost_store_means_back_pressure_then_nothing_lost(
         tmp_path / "w.json", kafka_bootstrap, topics, reference, store=store,
         metrics_port=port, snapshot_every=10_000,
         stream={"max_messages": 1000, "snapshot_idle_seconds": 5.0,
-                "in_process": False},  # the flows topic is the buffer (in-process: the raw)
+                "in_process": in_process},
         writer={"max_rows": MAX_ROWS, "max_pending_rows": MAX_PENDING, "max_seconds": 0.5,
                 "retry_base_delay": 0.05, "retry_max_delay": 0.5})
     w = WorkerProcess(cfg, tmp_path / "w.log",
@@ -99,14 +104,19 @@ def test_slow_then_lost_store_means_back_pressure_then_nothing_lost(
         control.write_text("down")
         produce_lines(kafka_bootstrap, topics.raw, reference.lines[half:], sizes=(50, 1))
         wait_for("the store lost", lambda: scrape(port).get("segflow_storage_up") == 0, w)
-        wait_for("ingest caught up during the outage", lambda: group_lag(
-            kafka_bootstrap, f"{topics.prefix}-ingest", topics.raw) == 0, w)
+        if not in_process:
+            wait_for("ingest caught up during the outage", lambda: group_lag(
+                kafka_bootstrap, f"{topics.prefix}-ingest", topics.raw) == 0, w)
         time.sleep(3)  # whatever the stage could still take, it has taken
         before = scrape(port)
         time.sleep(3)
         after = scrape(port)
         assert stateful_in(after) == stateful_in(before) < len(reference.lines)  # paused
-        assert group_lag(kafka_bootstrap, topics.prefix, topics.name("flows"))  # uncommitted
+        if in_process:  # the raw topic is the buffer: not committed past what is stored
+            assert group_lag(kafka_bootstrap, f"{topics.prefix}-ingest", topics.raw)
+            assert "handed over in memory" in w.text()
+        else:
+            assert group_lag(kafka_bootstrap, topics.prefix, topics.name("flows"))
         assert after["segflow_storage_backlog_rows"] <= MAX_PENDING + MAX_ROWS + 8_000
         retries = sum(v for k, v in after.items()
                       if k.startswith("segflow_storage_retries_total{"))
