@@ -181,7 +181,8 @@ class HostBehaviour:
         scoring = audit_end is not None and bool(f.start[-1] >= audit_end)
         watch = (f.start >= self._watch_from) if not scoring and audit_end is not None \
             else np.zeros(len(f), dtype=bool)
-        hr = self.windows_.add(f, running=scoring or bool(watch.any()), rep=rep)
+        hr = self.windows_.add(f, running=scoring or bool(watch.any()), rep=rep,
+                               counts=scoring)  # the audit's watch reads distinct peers only
         vol_sum, vol_max, vol_n, vol_ok = self.volume_.add(
             f.edge, f.edge, hr.win, f.bytes, running=scoring,
             groups=rep.unique(combine(f.host[sel], f.edge[sel], win[sel])))

@@ -59,7 +59,6 @@ from pipeline.core.hostsets import (
     DistinctCounter,
     Repeats,
     combine,
-    group_cummax,
     group_cumsum,
     sorted_find,
     stable_order,
@@ -277,11 +276,12 @@ class HostWindows:
     def __len__(self) -> int:
         return len(self.keys_)
 
-    def add(self, f: HostFlows, *, running: bool = True, rep: Repeats | None = None
-            ) -> HostRows:
+    def add(self, f: HostFlows, *, running: bool = True, rep: Repeats | None = None,
+            counts: bool | None = None) -> HostRows:
         """Merge released (time-ordered) flows; per-flow running counts for the detectors
-        (left at 0 without ``running``: audit flows are learned, not scored). ``rep``: the
-        :func:`flow_tuples` of ``f`` when the caller has them."""
+        (left at 0 without ``running``: audit flows are learned, not scored; ``counts``
+        False leaves the flow and failure counts at 0 but not the distinct peers). ``rep``:
+        the :func:`flow_tuples` of ``f`` when the caller has them."""
         n = len(f)
         win = np.floor(f.start / self.window).astype(np.int64)
         if rep is None:
@@ -321,7 +321,7 @@ class HostWindows:
         c = self.cols_
         failed = t.failed.astype(np.int64)
         kf = (t.failed & ~t.new_edge).astype(np.int64)
-        if running:
+        if running if counts is None else counts:
             order = stable_order(tr)  # one grouping for the three running sums
             ones = np.ones(len(rows), dtype=np.int64)
             out.flows[rows] = c["flows"][tr] + group_cumsum(tr, ones, order)
@@ -350,11 +350,13 @@ class HostWindows:
         stored, created = sel[stored], sel[created]
         if pp is not None:
             # a flow's count is that of the last first-of-its-tuple flow of its (host,
-            # window, port) at or before it: counts only grow within a group
-            group = hwp[2][rep.rep]
-            after = np.zeros(len(t), dtype=np.int64)
-            after[sel] = pp
-            out.port_peers[rows] = group_cummax(group, after)
+            # window, port) at or before it (its own tuple's first flow is one): found by
+            # a binary search of (group, row) among those flows
+            nt = len(t)
+            skey = hwp[2] * nt + sel
+            o = np.argsort(skey)
+            at = np.searchsorted(skey[o], hwp[2][rep.rep] * nt + np.arange(nt), side="right")
+            out.port_peers[rows] = pp[o[at - 1]]
         c["pairs"] += np.bincount(tr[stored], minlength=nr)
         c["ports"] += np.bincount(tr[created], minlength=nr)
         ne = np.flatnonzero(t.new_edge)
