@@ -7,7 +7,9 @@ screenshot lands in ``var/test-artifacts/`` for a human to look at.
 
 from __future__ import annotations
 
+import math
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -23,6 +25,8 @@ from plotly.offline import get_plotlyjs
 from pipeline.commands.report import (
     AppProgress,
     InputCounts,
+    _layout,
+    app_map_figure,
     app_progress,
     audit_figure,
     build_report,
@@ -237,6 +241,69 @@ def test_audit_progress_stays_legible_at_60_apps(browser: Any, tmp_path: Path) -
     traces = browser.find_elements(By.CSS_SELECTOR, ".barlayer .trace")
     assert [len(t.find_elements(By.CSS_SELECTOR, ".point path")) for t in traces] == [
         60, sum(a.coverage is not None for a in apps)]
+
+
+def _map_rows(apps: int, namespaces: int) -> list[dict[str, Any]]:
+    """app-map rows: ``apps`` apps spread over ``namespaces``, each calling three others."""
+    rng = random.Random(apps * 100 + namespaces)
+    names = [(f"team-{i % namespaces}", f"service-{i}-{'api' if i % 3 else 'db'}")
+             for i in range(apps)]
+    rows = []
+    for src in names:
+        for dst in rng.sample([n for n in names if n != src], 3):
+            rows.append({"src_namespace": src[0], "src_app": src[1], "src_kind": "pod",
+                         "dst_namespace": dst[0], "dst_app": dst[1], "dst_kind": "pod",
+                         "ports": ["tcp/443"], "flows": rng.randrange(1, 10_000),
+                         "bytes": 1_000, "rejected_flows": 0, "violating_flows": 0,
+                         "learned": True})
+    return rows
+
+
+@pytest.mark.parametrize(("apps", "namespaces"), [(55, 2), (60, 3), (70, 5), (60, 8),
+                                                   (120, 12)])
+def test_map_keeps_each_namespace_apart_at_50_plus_apps(apps: int, namespaces: int) -> None:
+    """Every app sits nearer its own namespace's centre than any other's, at least a node
+    spacing away from other namespaces' apps (big namespaces used to reach over the
+    ring's centre into the others)."""
+    nodes = {f"team-{i % namespaces}/svc-{i}": f"team-{i % namespaces}" for i in range(apps)}
+    pos = _layout(nodes)
+    members: dict[str, list[tuple[float, float]]] = {}
+    for key, ns in nodes.items():
+        members.setdefault(ns, []).append(pos[key])
+    centre = {ns: (sum(x for x, _ in p) / len(p), sum(y for _, y in p) / len(p))
+              for ns, p in members.items()}
+    for key, ns in nodes.items():
+        own = math.dist(pos[key], centre[ns])
+        assert all(own < math.dist(pos[key], c) for o, c in centre.items() if o != ns), key
+    apart = min(math.dist(pos[a], pos[b]) for a in nodes for b in nodes if nodes[a] != nodes[b])
+    assert apart >= 1.0, apart
+
+
+@pytest.mark.parametrize("namespaces", [1, 8])
+def test_map_stays_legible_at_60_apps(browser: Any, tmp_path: Path, namespaces: int) -> None:
+    """60 apps (one namespace, or eight): every app is drawn with its name, and few names
+    touch another (one in ten at most; a single 60-app namespace put neighbours' names
+    side by side before it alternated two rings)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    page = tmp_path / "map.html"
+    figure = app_map_figure(_map_rows(60, namespaces))
+    page.write_text(f"<html><head><script>{get_plotlyjs()}</script></head><body>"
+                    f"{figure.to_html(full_html=False, include_plotlyjs=False)}"
+                    "</body></html>", encoding="utf-8")
+    browser.set_window_size(1400, 1000)
+    browser.get(page.as_uri())
+    WebDriverWait(browser, 60).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, ".scatterlayer .trace text"))
+    labels = [t for t in browser.find_elements(By.CSS_SELECTOR, ".scatterlayer .trace text")
+              if t.text]
+    assert len(labels) == 60
+    boxes = [(t.rect["x"], t.rect["y"], t.rect["x"] + t.rect["width"],
+              t.rect["y"] + t.rect["height"]) for t in labels]
+    touching = sum(1 for i, a in enumerate(boxes) for b in boxes[i + 1:]
+                   if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3])
+    assert touching <= len(labels) // 10, touching
 
 
 def test_app_progress_without_readiness_uses_audit_rows() -> None:

@@ -68,25 +68,30 @@ def _app_key(ns: str, app: str) -> str:
 
 def _layout(nodes: dict[str, str]) -> dict[str, tuple[float, float]]:
     """Deterministic layout: namespaces on a ring, each namespace's apps on a small ring
-    around its centre (radius growing with the number of apps), so 50+ apps stay legible."""
+    around its centre (radius growing with the number of apps; a big namespace alternates
+    two rings so neighbours' labels are not side by side), so 50+ apps stay legible."""
     by_ns: dict[str, list[str]] = defaultdict(list)
     for key, ns in sorted(nodes.items()):
         by_ns[ns].append(key)
     spaces = sorted(by_ns)
     radius = {ns: 0.0 if len(by_ns[ns]) == 1 else 0.5 + 0.16 * len(by_ns[ns]) for ns in spaces}
-    # the ring is long enough for every cluster's diameter plus a gap
-    ring = max(3.0, sum(2 * r + 1.2 for r in radius.values()) / (2 * math.pi))
+    # the ring is long enough for every cluster's diameter plus a gap, and wide enough
+    # that a big cluster does not reach over the centre into the others
+    ring = max(3.0, sum(2 * r + 1.2 for r in radius.values()) / (2 * math.pi),
+               1.3 * max(radius.values()) + 1.0 if len(spaces) > 1 else 0.0)
+    taken = [2 * (radius[ns] + 0.6) / ring for ns in spaces]  # arc: diameter + gap
+    gap = (2 * math.pi - sum(taken)) / len(spaces)
     pos: dict[str, tuple[float, float]] = {}
     angle = 0.0
-    for ns in spaces:
-        span = 2 * math.pi * (radius[ns] + 0.6) / (math.pi * ring)  # share of the ring
+    for ns, span in zip(spaces, taken, strict=True):
         a = angle + span / 2
-        angle += span
+        angle += span + gap
         cx, cy = ring * math.cos(a), ring * math.sin(a)
         apps = by_ns[ns]
         for j, key in enumerate(apps):
             b = 2 * math.pi * j / len(apps) + a
-            pos[key] = (cx + radius[ns] * math.cos(b), cy + radius[ns] * math.sin(b))
+            r = radius[ns] * (0.8 if j % 2 and len(apps) > 12 else 1.0)
+            pos[key] = (cx + r * math.cos(b), cy + r * math.sin(b))
     return pos
 
 
