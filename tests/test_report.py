@@ -342,6 +342,77 @@ def test_report_counts_dead_letters_and_skips_by_reason(tmp_path: Path) -> None:
                     ("skipped", "nodata", "1")]
 
 
+def test_report_command_keeps_to_the_time_range(stored, tmp_path: Path) -> None:
+    """``segflow report --from``: every listed violation and incident is in the range, and
+    the page counts fewer violations than the whole store."""
+    summary, url, _ = stored
+    stamps = sorted(datetime.fromisoformat(v["ts"].replace("Z", "+00:00")).timestamp()
+                    for v in summary.violations)
+    cut = stamps[len(stamps) // 2]
+    pages = {}
+    for name, extra in (("all", []), ("late", ["--from", str(cut)])):
+        out = tmp_path / f"{name}.html"
+        r = subprocess.run([sys.executable, "-m", "pipeline.commands.cli", "report", "--store",
+                            url, "--out", str(out), *extra],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        pages[name] = out.read_text(encoding="utf-8")
+
+    def listed(page: str, table: str) -> list[float]:
+        body = page[page.index(f'<table id="{table}">'):]
+        body = body[:body.index("</table>")]
+        return [datetime.strptime(t, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC).timestamp()
+                for t in re.findall(r"<tr[^>]*><td>(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)",
+                                    body)]
+
+    late = listed(pages["late"], "latest-violations")
+    assert late and min(late) >= cut - 1  # shown to the second
+    assert min(listed(pages["all"], "latest-violations")) < cut
+
+    def violations(page: str) -> int:
+        return int(re.search(r"<b>([\d,]+)</b>violations", page).group(1).replace(",", ""))
+
+    assert 0 < violations(pages["late"]) < violations(pages["all"])
+
+
+@pytest.mark.slow
+def test_demo_report_renders_in_chromium(browser: Any, tmp_path: Path) -> None:
+    """``segflow demo`` writes the report of its estate; in Chromium every chart has marks,
+    the audit-progress table has a row per app and nothing errs. Its screenshot is the demo
+    picture (``var/test-artifacts/demo-report.png``)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    r = subprocess.run([sys.executable, "-m", "pipeline.commands.cli", "demo", "--out",
+                        str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    page = tmp_path / "out" / "report.html"
+    assert str(page) in r.stdout
+    browser.set_window_size(1400, 1000)
+    browser.get_log("browser")  # only this page's messages below
+    browser.get(page.as_uri())
+    WebDriverWait(browser, 60).until(
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .main-svg")) >= 6)
+    marks = {
+        "map nodes": "#chart-map .scatterlayer .trace .points path",
+        "violation bars": "#chart-by-type .barlayer .point path",
+        "incident bars": "#chart-incidents .barlayer .point path",
+        "audit heatmap": "#chart-audit .heatmaplayer image",
+        "readiness and coverage bars": "#chart-audit .barlayer .point path",
+    }
+    drawn = {name: len(browser.find_elements(By.CSS_SELECTOR, css)) for name, css in marks.items()}
+    assert all(n > 0 for n in drawn.values()), drawn
+    apps = browser.find_elements(By.CSS_SELECTOR, "#readiness-table tbody tr")
+    ticks = browser.find_elements(By.CSS_SELECTOR, "#chart-audit .yaxislayer-above .ytick text")
+    assert len(apps) == len(ticks) > 0
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    height = browser.execute_script("return document.body.scrollHeight")
+    browser.set_window_size(1400, min(int(height), 12000))
+    shot = ARTIFACTS / "demo-report.png"
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 50_000
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+
+
 def test_report_command_writes_the_file(stored, tmp_path: Path):
     _, url, _ = stored
     out = tmp_path / "r.html"
