@@ -115,6 +115,13 @@ def row_hash(X: np.ndarray, apps: np.ndarray) -> np.ndarray:
     return h
 
 
+def _pairs(key: np.ndarray) -> np.ndarray:
+    """(app hash, row hash) rows as one structured column: sorts and searches them in
+    lexicographic order."""
+    return np.ascontiguousarray(key, dtype=np.uint64).view(
+        [("app", "<u8"), ("row", "<u8")]).ravel()
+
+
 class BehaviourModel(OutlierMixin, BaseEstimator):
     """Per-app robustly normalised windows scored by an outlier detector (see the module).
 
@@ -247,6 +254,9 @@ class BehaviourModel(OutlierMixin, BaseEstimator):
                 X, apps, key = X[may], apps[may], key[may]
             if not len(X):
                 return
+            if self.per_app:  # merged into the sorted reservoir: no sort of all of it
+                self._merge(X, apps, key)
+                return
             X = np.concatenate([self.reservoir_X_, X])
             apps = np.concatenate([self.reservoir_apps_, apps])
             key = np.concatenate([self.reservoir_key_, key])
@@ -264,6 +274,25 @@ class BehaviourModel(OutlierMixin, BaseEstimator):
             order = np.lexsort((key[:, 1], key[:, 0]))
         self.reservoir_X_, self.reservoir_apps_ = X[order], apps[order]
         self.reservoir_key_ = key[order]
+
+    def _merge(self, X: np.ndarray, apps: np.ndarray, key: np.ndarray) -> None:
+        """Per app: the reservoir and new rows, as :meth:`_collect` would keep them from
+        their concatenation (a stable sort puts a reservoir row before an equal new row):
+        new rows sorted, inserted after their equals, each app's first ``max_windows``."""
+        order = np.lexsort((key[:, 1], key[:, 0]))
+        X, apps, key = X[order], apps[order], key[order]
+        at = np.searchsorted(_pairs(self.reservoir_key_), _pairs(key), side="right")
+        common = np.result_type(self.reservoir_apps_, apps)
+        X = np.insert(self.reservoir_X_, at, X, axis=0)
+        apps = np.insert(self.reservoir_apps_.astype(common), at, apps.astype(common))
+        key = np.insert(self.reservoir_key_, at, key, axis=0)
+        if len(X) > self.max_windows:
+            a = key[:, 0]
+            head = np.r_[True, a[1:] != a[:-1]]
+            starts = np.flatnonzero(head)
+            keep = np.arange(len(a)) - starts[np.cumsum(head) - 1] < self.max_windows
+            X, apps, key = X[keep], apps[keep], key[keep]
+        self.reservoir_X_, self.reservoir_apps_, self.reservoir_key_ = X, apps, key
 
     def _may_enter(self, key: np.ndarray) -> np.ndarray:
         """Rows that could enter the reservoir: where (their app's part of) it is full, only

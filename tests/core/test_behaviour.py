@@ -111,7 +111,19 @@ def test_streaming_equals_replay_in_any_order_and_bounded() -> None:
     rng = np.random.default_rng(5)
     X, apps = window_features(_concat(_windows(rng, 700, "ns/a", 1.0),
                                       _windows(rng, 500, "ns/b", 5.0)))
+    X, apps = np.r_[X, X[:40]], np.r_[apps, apps[:40]]  # equal rows: equal hashes
     probe, papps = X[::7] * 1.1, apps[::7]
+    for bound in (300, 100):  # per app: batches are merged into the sorted reservoir
+        ref = BehaviourModel(max_windows=bound, per_app=True).collect(X, apps=apps)
+        assert len(ref.reservoir_X_) == 2 * bound
+        for seed in range(3):
+            order = np.random.default_rng(seed).permutation(len(X))
+            m = BehaviourModel(max_windows=bound, per_app=True)
+            for part in np.array_split(order, 9):
+                m.collect(X[part], apps=apps[part])
+            assert np.array_equal(m.reservoir_X_, ref.reservoir_X_)
+            assert np.array_equal(m.reservoir_key_, ref.reservoir_key_)
+            assert m.reservoir_apps_.tolist() == ref.reservoir_apps_.tolist()
     for bound in (5_000, 300):  # everything kept; reservoir sampling by content hash
         ref = BehaviourModel(max_windows=bound).fit(X, apps=apps)
         assert len(ref.reservoir_X_) == min(bound, len(X)) and ref.n_windows_seen_ == len(X)
