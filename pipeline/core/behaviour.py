@@ -115,11 +115,19 @@ def row_hash(X: np.ndarray, apps: np.ndarray) -> np.ndarray:
     return h
 
 
-def _pairs(key: np.ndarray) -> np.ndarray:
-    """(app hash, row hash) rows as one structured column: sorts and searches them in
-    lexicographic order."""
-    return np.ascontiguousarray(key, dtype=np.uint64).view(
-        [("app", "<u8"), ("row", "<u8")]).ravel()
+def _after_equals(sorted_key: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """Per (app hash, row hash) row of ``key``: the position after its equals in the
+    lexicographically sorted ``sorted_key`` (a binary search per app run)."""
+    a = sorted_key[:, 0]
+    lo = np.searchsorted(a, key[:, 0], side="left")
+    hi = np.searchsorted(a, key[:, 0], side="right")
+    at = lo.copy()  # an app not in sorted_key: before the next app's run
+    present = hi > lo
+    for start in np.unique(lo[present]).tolist():
+        m = np.flatnonzero(present & (lo == start))
+        run = sorted_key[start:int(hi[m[0]]), 1]
+        at[m] = start + np.searchsorted(run, key[m, 1], side="right")
+    return at
 
 
 class BehaviourModel(OutlierMixin, BaseEstimator):
@@ -281,7 +289,7 @@ class BehaviourModel(OutlierMixin, BaseEstimator):
         new rows sorted, inserted after their equals, each app's first ``max_windows``."""
         order = np.lexsort((key[:, 1], key[:, 0]))
         X, apps, key = X[order], apps[order], key[order]
-        at = np.searchsorted(_pairs(self.reservoir_key_), _pairs(key), side="right")
+        at = _after_equals(self.reservoir_key_, key)
         common = np.result_type(self.reservoir_apps_, apps)
         X = np.insert(self.reservoir_X_, at, X, axis=0)
         apps = np.insert(self.reservoir_apps_.astype(common), at, apps.astype(common))

@@ -315,14 +315,14 @@ class HostBehaviour:
                 thr = self._threshold(
                     (self.fan_app_, combine(np.array([fd.app for fd in cand], dtype=np.int64),
                                             np.array([fd.port for fd in cand], dtype=np.int64))),
-                    (self.fan_host_, np.array([fd.host_port for fd in cand], dtype=np.uint64)),
+                    (self.fan_host_, _host_ports(cand)),
                     FAN_K, self.params.fan_out_min)
                 hits = [fd for fd, t in zip(cand, thr.tolist(), strict=True) if fd.peers > t]
                 for fd, t in zip(cand, thr.tolist(), strict=True):
                     fd.threshold = t
                 self.audit_closed_.extend(hits)
                 if hits:
-                    bad = np.array([fd.host_port for fd in hits], dtype=np.uint64)
+                    bad = _host_ports(hits)
                     a &= ~((pwin == cw) & np.isin(host_port, bad))
             self._learn_fan(app_port[a], host_port[a], count[a])
         a = (win + 1) * w <= audit_end
@@ -362,6 +362,12 @@ class HostBehaviour:
         h.audit_found_ = HostAuditFindings.from_state(state.get("audit_found"))
         h.audit_closed_ = [HostFinding(**d) for d in state.get("audit_closed", [])]
         return h
+
+
+def _host_ports(found: list[HostFinding]) -> np.ndarray:
+    """:attr:`HostFinding.host_port` of each finding, in one vectorised pass."""
+    return combine(np.array([fd.host for fd in found], dtype=np.uint64),
+                   np.array([fd.port for fd in found], dtype=np.int64))
 
 
 __all__ = ["HostBehaviour", "HostParams"]

@@ -10,6 +10,7 @@ from pipeline.core.behaviour import (
     FEATURES,
     PIPELINE_PARAMS,
     BehaviourModel,
+    app_hash,
     row_hash,
     window_features,
 )
@@ -124,6 +125,19 @@ def test_streaming_equals_replay_in_any_order_and_bounded() -> None:
             assert np.array_equal(m.reservoir_X_, ref.reservoir_X_)
             assert np.array_equal(m.reservoir_key_, ref.reservoir_key_)
             assert m.reservoir_apps_.tolist() == ref.reservoir_apps_.tolist()
+    # apps first seen in a later batch, whose hashes sort between those already kept
+    ws = [_windows(rng, 80, f"ns/late{i}", 1.0 + i) for i in range(6)]
+    Xl, al = window_features(_concat(*ws))
+    early = np.isin(al, ["ns/late0", "ns/late1"]) & (np.arange(len(al)) % 2 == 0)
+    h = {a: int(app_hash(np.array([a]))[0]) for a in np.unique(al).tolist()}
+    lo, hi = sorted((h["ns/late0"], h["ns/late1"]))
+    assert any(v < lo or lo < v < hi for a, v in h.items() if a not in ("ns/late0", "ns/late1"))
+    ref = BehaviourModel(max_windows=50, per_app=True).collect(Xl, apps=al)
+    m = BehaviourModel(max_windows=50, per_app=True)
+    m.collect(Xl[early], apps=al[early])
+    m.collect(Xl[~early], apps=al[~early])
+    assert np.array_equal(m.reservoir_key_, ref.reservoir_key_)
+    assert m.reservoir_apps_.tolist() == ref.reservoir_apps_.tolist()
     for bound in (5_000, 300):  # everything kept; reservoir sampling by content hash
         ref = BehaviourModel(max_windows=bound).fit(X, apps=apps)
         assert len(ref.reservoir_X_) == min(bound, len(X)) and ref.n_windows_seen_ == len(X)
