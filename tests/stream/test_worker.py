@@ -191,10 +191,11 @@ def test_kill_9_in_process_then_restart(kafka_bootstrap: str, reference: Referen
     cfg = reference_config(tmp_path / "w.json", kafka_bootstrap, topics, reference, store=store,
                            snapshot_every=5, stream={"max_messages": 300})
     w = WorkerProcess(cfg, tmp_path / "w.log").start()
-    # the input arrives once the stage owns its partitions, while the worker runs: with a
-    # backlog waiting at start, a slow stage start (a loaded machine) let the ingest send
-    # the whole backlog through the flows topic and commit it before any in-process batch,
-    # so the kill found nothing uncommitted (the flake: one failure in five runs)
+    # the input arrives once the stage owns its partitions, while the worker runs. With a
+    # backlog waiting at start, the first batches go through the flows topic until the
+    # stage has its partitions (and are committed without a snapshot); on a loaded machine
+    # that could be the whole backlog, leaving the kill nothing uncommitted — the likely
+    # cause of one failure in five runs (its output was not kept; not reproduced here)
     producer = threading.Thread(target=produce_lines, daemon=True, args=(
         kafka_bootstrap, topics.raw, reference.lines), kwargs={"sizes": (1, 50)})
     try:
