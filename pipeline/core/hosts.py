@@ -59,6 +59,7 @@ from pipeline.core.hostsets import (
     DistinctCounter,
     Repeats,
     combine,
+    group_cummax,
     group_cumsum,
     sorted_find,
     stable_order,
@@ -350,13 +351,10 @@ class HostWindows:
         stored, created = sel[stored], sel[created]
         if pp is not None:
             # a flow's count is that of the last first-of-its-tuple flow of its (host,
-            # window, port) at or before it (its own tuple's first flow is one): found by
-            # a binary search of (group, row) among those flows
-            nt = len(t)
-            skey = hwp[2] * nt + sel
-            o = np.argsort(skey)
-            at = np.searchsorted(skey[o], hwp[2][rep.rep] * nt + np.arange(nt), side="right")
-            out.port_peers[rows] = pp[o[at - 1]]
+            # window, port) at or before it: counts only grow within a group
+            after = np.zeros(len(t), dtype=np.int64)
+            after[sel] = pp
+            out.port_peers[rows] = group_cummax(hwp[2][rep.rep], after)
         c["pairs"] += np.bincount(tr[stored], minlength=nr)
         c["ports"] += np.bincount(tr[created], minlength=nr)
         ne = np.flatnonzero(t.new_edge)
