@@ -1,13 +1,18 @@
 """Periodic connections (beacons) per (source host, destination host, port, proto) series.
 
 Each series keeps its last flow time, its beat count and its last ``K`` intervals. A flow is
-*periodic* when the series has at least ``min_beats`` intervals and the last ``K`` (or fewer)
-intervals, or the last ``min_beats`` alone, have a coefficient of variation (std / mean) of at
-most ``max_jitter``: RITA-style regularity, without keeping timestamps. (The shorter window
-finds a beacon again once an ordinary connection on the same pair, which splits one interval
-in two, has left it.) Flows less than ``MERGE_S`` after the previous one are
-the same beat (parallel connections). Rows must come in event-time order (the release buffer
-of :mod:`pipeline.core.hosts` gives them), so results do not depend on batch boundaries.
+*periodic* when the series has at least ``min_beats`` intervals and the last ``K`` (or
+fewer) intervals, or the last ``min_beats`` alone, have a coefficient of variation (std /
+mean) of at most ``max_jitter``: RITA-style regularity, without keeping timestamps. (The
+shorter window finds a beacon again once an ordinary connection on the same pair, which
+splits one interval in two, has left it.) A pair that keeps carrying ordinary connections
+next to a beacon is periodic when at least ``CLUSTER_NEED`` of its last ``K`` intervals lie
+within ``CLUSTER_TOL`` of their median (their mean and spread are then the period and
+jitter): on simulated Poisson series one window in ~2 million passes, beacons of low jitter
+with an ordinary flow every few periods pass within their first hours. Flows less than
+``MERGE_S`` after the previous one are the same beat (parallel connections). Rows must come
+in event-time order (the release buffer of :mod:`pipeline.core.hosts` gives them), so
+results do not depend on batch boundaries.
 
 Bounded: at most ``max_series`` series (new ones past it are not tracked, ``refused_``);
 series idle for ``expire`` seconds are dropped by :meth:`BeaconSeries.expire`. State is
@@ -25,6 +30,9 @@ from pipeline.core.hostsets import combine, sorted_find, stable_order, unique_fi
 
 K = 12  # intervals kept per series
 MERGE_S = 1.0  # a flow this close to the previous one is the same beat
+CLUSTER_TOL = 0.12  # an interval this close (relative) to the window's median is on the beat
+CLUSTER_NEED = 9  # on-beat intervals of the last K that make a beat among other flows
+_CHUNK = 1 << 16
 
 
 class BeaconSeries:
@@ -152,6 +160,20 @@ class BeaconSeries:
         cv_s = np.sqrt(var_s) / np.maximum(mean_s, 1e-9)
         short = (cv > self.max_jitter) & (cnt_s >= m) & (cv_s <= self.max_jitter)
         mean, cv = np.where(short, mean_s, mean), np.where(short, cv_s, cv)
+        # a beat among ordinary connections: most of the last K intervals sit at their median
+        cand = np.flatnonzero(f_new & (cnt == K) & (cv > self.max_jitter)
+                              & (mean >= self.min_period / 2))
+        for lo_c in range(0, len(cand), _CHUNK):
+            c = cand[lo_c:lo_c + _CHUNK]
+            w = f_vals[c[:, None] - np.arange(K - 1, -1, -1)]
+            med = np.median(w, axis=1)
+            near = np.abs(w - med[:, None]) <= CLUSTER_TOL * med[:, None]
+            ok = near.sum(axis=1) >= CLUSTER_NEED
+            if ok.any():
+                on = np.where(near[ok], w[ok], np.nan)
+                cm = np.nanmean(on, axis=1)
+                mean[c[ok]] = cm
+                cv[c[ok]] = np.nanstd(on, axis=1) / cm
         # beats so far per interval: the series' stored beats + rank among new beats
         # map new-interval stats back to beat rows (in the same per-series time order)
         new_pos = np.flatnonzero(f_new)

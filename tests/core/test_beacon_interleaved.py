@@ -34,3 +34,20 @@ def test_ordinary_poisson_connections_on_a_pair_are_no_beacon() -> None:
     extra = [flow(float(x), WS[7], PEER, 53000 + i, 443) for i, x in enumerate(t)]
     _, violations, _ = run(audit() + office(T0 + AUDIT_DAYS * DAY, 1, seed=6) + extra)
     assert [v for v in host_findings(violations) if v["type"] == "beacon"] == []
+
+
+def test_a_beacon_on_a_pair_with_ordinary_traffic_all_along_is_found() -> None:
+    """A 324 s beacon for 40 beats on a pair that carries an ordinary connection about every
+    third period: no run of clean intervals is long enough, most intervals are still on the
+    beat."""
+    rng = np.random.default_rng(13)
+    t = AFTER + np.arange(40) * 324.0 + rng.uniform(-0.01, 0.01, 40) * 324
+    normal = AFTER + np.cumsum(rng.exponential(1000, 14))
+    extra = [flow(float(x), WS[8], PEER, 54000 + i, 443) for i, x in enumerate(t)]
+    extra += [flow(float(x), WS[8], PEER, 55000 + i, 443, nbytes=20_000)
+              for i, x in enumerate(normal[normal < t[-1]])]
+    _, violations, _ = run(audit() + office(T0 + AUDIT_DAYS * DAY, 1, seed=6) + extra)
+    found = [v for v in host_findings(violations) if v["type"] == "beacon"]
+    assert found and {(v["src_ip"], v["dst_ip"], v["dst_port"]) for v in found} == {
+        (WS[8], PEER, 443)}
+    assert all(abs(v["evidence"]["seen"]["period_s"] - 324) < 20 for v in found)
