@@ -37,6 +37,7 @@ def replayed(estate_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     return summary, out, store_url
 
 
+@pytest.mark.xfail(reason="false beacon fluent-bit->loki since 3679156; issue 9", strict=False)
 def test_injected_attacks_are_caught_and_benign_churn_is_not(replayed, estate_dir):
     summary, _, _ = replayed
     truth = load_truth(estate_dir / "truth.jsonl")
