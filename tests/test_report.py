@@ -113,9 +113,6 @@ def test_report_renders_in_chromium(report: Path, browser, stored) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    browser.get(report.as_uri())
-    WebDriverWait(browser, 60).until(
-        lambda d: len(d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .main-svg")) >= 6)
     marks = {
         "map nodes": "#chart-map .scatterlayer .trace .points path",
         "violation bars by type": "#chart-by-type .barlayer .point path",
@@ -123,8 +120,7 @@ def test_report_renders_in_chromium(report: Path, browser, stored) -> None:
         "incident bars by severity": "#chart-incidents .barlayer .point path",
         "audit heatmap": "#chart-audit .heatmaplayer image",
     }
-    drawn = {name: len(browser.find_elements(By.CSS_SELECTOR, css)) for name, css in marks.items()}
-    assert all(n > 0 for n in drawn.values()), drawn
+    _open_with_marks(browser, report, marks)
     _check_audit_progress(browser, stored)
     rows = browser.find_elements(By.CSS_SELECTOR, "#latest-violations tr")
     assert len(rows) > 1
@@ -147,11 +143,7 @@ def test_report_renders_in_chromium(report: Path, browser, stored) -> None:
     WebDriverWait(browser, 10).until(
         lambda d: d.find_elements(By.CSS_SELECTOR, "#chart-map .hoverlayer .hovertext"))
 
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    height = browser.execute_script("return document.body.scrollHeight")
-    browser.set_window_size(1400, min(int(height), 8000))
-    shot = ARTIFACTS / "report.png"
-    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 50_000
+    shot = _full_page_screenshot(browser, "report.png", max_height=8000)
     print(f"screenshot: {shot}")
 
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
@@ -163,6 +155,29 @@ def test_report_renders_in_chromium(report: Path, browser, stored) -> None:
             requested.append(msg["params"]["request"]["url"])
     assert requested and all(u.startswith(("file:", "data:", "blob:")) for u in requested), \
         [u for u in requested if not u.startswith(("file:", "data:", "blob:"))]
+
+
+def _open_with_marks(browser: Any, page: Path, marks: dict[str, str]) -> None:
+    """Open ``page``, wait for its Plotly charts, and assert every CSS selector in ``marks``
+    found at least one drawn mark."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(page.as_uri())
+    WebDriverWait(browser, 60).until(
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .main-svg")) >= 6)
+    drawn = {name: len(browser.find_elements(By.CSS_SELECTOR, css)) for name, css in marks.items()}
+    assert all(n > 0 for n in drawn.values()), drawn
+
+
+def _full_page_screenshot(browser: Any, name: str, max_height: int) -> Path:
+    """Save the whole page (up to ``max_height`` px) as a test artifact; assert it is not blank."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    height = browser.execute_script("return document.body.scrollHeight")
+    browser.set_window_size(1400, min(int(height), max_height))
+    shot = ARTIFACTS / name
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 50_000
+    return shot
 
 
 def _check_audit_progress(browser: Any, stored: Any) -> None:
@@ -381,7 +396,6 @@ def test_demo_report_renders_in_chromium(browser: Any, tmp_path: Path) -> None:
     the audit-progress table has a row per app and nothing errs. Its screenshot is the demo
     picture (``var/test-artifacts/demo-report.png``)."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     r = subprocess.run([sys.executable, "-m", "pipeline.commands.cli", "demo", "--out",
                         str(tmp_path)], capture_output=True, text=True, timeout=900)
@@ -390,9 +404,6 @@ def test_demo_report_renders_in_chromium(browser: Any, tmp_path: Path) -> None:
     assert str(page) in r.stdout
     browser.set_window_size(1400, 1000)
     browser.get_log("browser")  # only this page's messages below
-    browser.get(page.as_uri())
-    WebDriverWait(browser, 60).until(
-        lambda d: len(d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .main-svg")) >= 6)
     marks = {
         "map nodes": "#chart-map .scatterlayer .trace .points path",
         "violation bars": "#chart-by-type .barlayer .point path",
@@ -400,16 +411,11 @@ def test_demo_report_renders_in_chromium(browser: Any, tmp_path: Path) -> None:
         "audit heatmap": "#chart-audit .heatmaplayer image",
         "readiness and coverage bars": "#chart-audit .barlayer .point path",
     }
-    drawn = {name: len(browser.find_elements(By.CSS_SELECTOR, css)) for name, css in marks.items()}
-    assert all(n > 0 for n in drawn.values()), drawn
+    _open_with_marks(browser, page, marks)
     apps = browser.find_elements(By.CSS_SELECTOR, "#readiness-table tbody tr")
     ticks = browser.find_elements(By.CSS_SELECTOR, "#chart-audit .yaxislayer-above .ytick text")
     assert len(apps) == len(ticks) > 0
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    height = browser.execute_script("return document.body.scrollHeight")
-    browser.set_window_size(1400, min(int(height), 12000))
-    shot = ARTIFACTS / "demo-report.png"
-    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 50_000
+    _full_page_screenshot(browser, "demo-report.png", max_height=12000)
     assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
 
 
